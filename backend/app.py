@@ -1,0 +1,106 @@
+"""The FastAPI application: JSON API under /api/v1, HTML pages, stored objects."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from backend import objects
+from backend.catalog import api as catalog_api
+from backend.catalog import pages as catalog_pages
+from backend.config import Settings, get_settings
+from backend.datasets import api as datasets_api
+from backend.deps import admin_token
+from backend.errors import MicroscopeError
+from backend.jobs import api as jobs_api
+from backend.jobs import pages as jobs_pages
+from backend.storage import make_store
+from backend.templating import FRONTEND, templates
+
+DESCRIPTION = """
+Browse the units of vision models: dataset examples, feature visualizations, text views.
+Reads are open; writes need the admin token as `Authorization: Bearer <token>`.
+Errors are JSON objects `{"error": code, "detail": message, "status": http_status}`.
+"""
+
+
+def _wants_json(request: Request) -> bool:
+    return request.url.path.startswith("/api/") or "text/html" not in request.headers.get(
+        "accept", ""
+    )
+
+
+def _error(request: Request, status: int, code: str, detail: str) -> Response:
+    if _wants_json(request):
+        return JSONResponse({"error": code, "detail": detail, "status": status}, status)
+    return templates.TemplateResponse(
+        request, "error.html", {"status": status, "detail": detail}, status_code=status
+    )
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the app for ``settings`` (the environment's by default)."""
+    settings = settings or get_settings()
+    app = FastAPI(
+        title="Open Microscope",
+        version="0.1.0",
+        description=DESCRIPTION,
+        openapi_tags=[
+            {"name": "models", "description": "Models, layers and units"},
+            {"name": "datasets", "description": "Image datasets"},
+            {"name": "jobs", "description": "Precompute jobs and their progress"},
+        ],
+    )
+    app.state.settings = settings
+    app.state.store = make_store(settings)
+    app.state.admin_token = admin_token(settings)
+
+    app.add_middleware(
+        CORSMiddleware,
+        allow_origins=settings.cors_origins,
+        allow_methods=["GET", "HEAD", "OPTIONS"],  # CORS for reads only
+        allow_headers=["*"],
+    )
+
+    @app.exception_handler(MicroscopeError)
+    async def _domain_error(request: Request, exc: MicroscopeError) -> Response:
+        return _error(request, exc.status, exc.code, str(exc))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        code = "not_found" if exc.status_code == 404 else "http_error"
+        return _error(request, exc.status_code, code, str(exc.detail))
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, exc: RequestValidationError) -> Response:
+        detail = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
+        )
+        return _error(request, 422, "invalid_input", detail)
+
+    app.mount("/static", StaticFiles(directory=FRONTEND / "static"), name="static")
+    app.include_router(catalog_api.router)
+    app.include_router(datasets_api.router)
+    app.include_router(jobs_api.router)
+    app.include_router(objects.router)
+    app.include_router(jobs_pages.router)
+    app.include_router(catalog_pages.router)
+
+    @app.get("/healthz", include_in_schema=False)
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/favicon.ico", include_in_schema=False)
+    def favicon() -> HTMLResponse:
+        return HTMLResponse(status_code=204)
+
+    return app
+
+
+def app_factory() -> FastAPI:
+    """Entry point for ``uvicorn --factory backend.app:app_factory``."""
+    return create_app()

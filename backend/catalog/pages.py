@@ -1,0 +1,91 @@
+"""HTML pages: models -> layers -> unit grid -> unit."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import HTMLResponse
+
+from backend.catalog import service
+from backend.catalog.repository import CatalogRepository
+from backend.deps import SessionDep
+from backend.jobs.repository import JobRepository
+from backend.templating import is_htmx, templates
+
+router = APIRouter(include_in_schema=False)
+
+GRID_PAGE = 96
+
+
+@router.get("/", response_class=HTMLResponse)
+def home(request: Request, session: SessionDep) -> HTMLResponse:
+    models = service.list_models(session)
+    running = JobRepository(session).count(state="running") + JobRepository(session).count(
+        state="queued"
+    )
+    return templates.TemplateResponse(
+        request, "home.html", {"models": models, "jobs_in_flight": running}
+    )
+
+
+@router.get("/models/{model}", response_class=HTMLResponse)
+def model_page(
+    request: Request, model: str, session: SessionDep, all: bool = Query(False)
+) -> HTMLResponse:
+    m = service.get_model(session, model)
+    repo = CatalogRepository(session)
+    layers = [service.layer_out(m, x) for x in repo.list_layers(m.id, only_default=not all)]
+    totals = repo.unit_totals([m.id]).get(m.id, (0, 0))
+    return templates.TemplateResponse(
+        request,
+        "model.html",
+        {"model": service.model_out(m, totals), "layers": layers, "show_all": all},
+    )
+
+
+@router.get("/models/{model}/{layer:path}/{unit:int}", response_class=HTMLResponse)
+def unit_page(
+    request: Request,
+    model: str,
+    layer: str,
+    unit: int,
+    session: SessionDep,
+    view: str | None = Query(None, description="which tab opens"),
+) -> HTMLResponse:
+    v = service.unit_view(session, model, layer, unit)
+    kinds = list(v.by_kind)
+    active = view if view in kinds else (kinds[0] if kinds else None)
+    return templates.TemplateResponse(
+        request,
+        "unit.html",
+        {
+            "model": service.model_out(v.model),
+            "layer": service.layer_out(v.model, v.layer),
+            "unit": v.out,
+            "by_kind": v.by_kind,
+            "active": active,
+        },
+    )
+
+
+@router.get("/models/{model}/{layer:path}", response_class=HTMLResponse)
+def layer_page(
+    request: Request,
+    model: str,
+    layer: str,
+    session: SessionDep,
+    offset: int = Query(0, ge=0),
+) -> HTMLResponse:
+    m = service.get_model(session, model)
+    lyr = service.get_layer(session, m, layer)
+    units = service.list_units(session, m, lyr, offset=offset, limit=GRID_PAGE)
+    ctx = {
+        "model": service.model_out(m),
+        "layer": service.layer_out(m, lyr),
+        "units": units,
+        "offset": offset,
+        "page_size": GRID_PAGE,
+        "next_offset": offset + GRID_PAGE if offset + GRID_PAGE < lyr.unit_count else None,
+        "prev_offset": max(0, offset - GRID_PAGE) if offset > 0 else None,
+    }
+    name = "_unit_grid.html" if is_htmx(request) else "layer.html"
+    return templates.TemplateResponse(request, name, ctx)

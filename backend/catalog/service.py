@@ -1,0 +1,191 @@
+"""Catalog logic: registering models and reading models, layers and units."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from backend import urls
+from backend.catalog.repository import CatalogRepository
+from backend.catalog.schemas import ArtifactOut, LayerOut, ModelOut, UnitOut
+from backend.catalog.spec import SpecError, parse_spec, slugify
+from backend.celeryconf import TASK_REGISTER_MODEL
+from backend.db.models import Artifact, Job, Layer, Model, Unit
+from backend.errors import InvalidInput, NotFoundError
+from backend.jobs.service import enqueue_job
+
+
+def add_model(session: Session, spec: str, slug: str | None = None) -> tuple[Model, Job]:
+    """Record a model and queue its registration (load, enumerate layers and units)."""
+    try:
+        parsed = parse_spec(spec)
+    except SpecError as e:
+        raise InvalidInput(str(e)) from e
+    slug = slugify(slug) if slug else parsed.default_slug()
+    repo = CatalogRepository(session)
+    model = repo.get_model(slug)
+    if model is None:
+        model = Model(
+            slug=slug,
+            spec=str(parsed),
+            source=parsed.source,
+            name=parsed.name,
+            weights=parsed.weights,
+            pretrained=parsed.weights is not None,
+            state="pending",
+        )
+        repo.add(model)
+    elif model.spec != str(parsed):
+        raise InvalidInput(f"slug {slug!r} is already taken by {model.spec}")
+    job = enqueue_job(
+        session,
+        kind="register_model",
+        task_name=TASK_REGISTER_MODEL,
+        params={"model_id": model.id, "spec": model.spec},
+        queue="gpu",
+        priority=9,
+        model_id=model.id,
+    )
+    return model, job
+
+
+def get_model(session: Session, slug: str) -> Model:
+    model = CatalogRepository(session).get_model(slug)
+    if model is None:
+        raise NotFoundError("model", slug)
+    return model
+
+
+def get_layer(session: Session, model: Model, name: str) -> Layer:
+    layer = CatalogRepository(session).get_layer(model.id, name)
+    if layer is None:
+        raise NotFoundError("layer", name)
+    return layer
+
+
+def get_unit(session: Session, layer: Layer, index: int) -> Unit:
+    unit = CatalogRepository(session).get_unit(layer.id, index)
+    if unit is None:
+        raise NotFoundError("unit", index)
+    return unit
+
+
+def model_out(model: Model, totals: tuple[int, int] = (0, 0)) -> ModelOut:
+    return ModelOut(
+        slug=model.slug,
+        spec=model.spec,
+        source=model.source,
+        name=model.name,
+        weights=model.weights,
+        pretrained=model.pretrained,
+        weights_checksum=model.weights_checksum,
+        family=model.family,
+        input_size=model.input_size,
+        preprocessing=model.preprocessing,
+        state=model.state,
+        error=model.error,
+        layer_count=totals[0],
+        unit_count=totals[1],
+        url=urls.model_url(model.slug),
+        api_url=urls.api_model_url(model.slug),
+    )
+
+
+def list_models(session: Session) -> list[ModelOut]:
+    repo = CatalogRepository(session)
+    models = repo.list_models()
+    totals = repo.unit_totals([m.id for m in models])
+    return [model_out(m, totals.get(m.id, (0, 0))) for m in models]
+
+
+def layer_out(model: Model, layer: Layer) -> LayerOut:
+    return LayerOut(
+        name=layer.name,
+        module_path=layer.module_path,
+        kind=layer.kind,
+        unit_count=layer.unit_count,
+        output_shape=layer.output_shape,
+        order=layer.order,
+        is_default=layer.is_default,
+        url=urls.layer_url(model.slug, layer.name),
+        api_url=urls.api_layer_url(model.slug, layer.name),
+    )
+
+
+def artifact_out(a: Artifact) -> ArtifactOut:
+    return ArtifactOut(
+        kind=a.kind,
+        variant=a.variant,
+        url=urls.object_url(a.storage_key),
+        content_type=a.content_type,
+        meta=a.meta,
+        provenance=a.provenance,
+        created_at=a.created_at,
+    )
+
+
+def unit_out(
+    model: Model, layer: Layer, unit: Unit, artifacts: list[Artifact] | None = None
+) -> UnitOut:
+    i = unit.index
+    return UnitOut(
+        model=model.slug,
+        layer=layer.name,
+        index=i,
+        label=unit.label,
+        label_source=unit.label_source,
+        label_confidence=unit.label_confidence,
+        url=urls.unit_url(model.slug, layer.name, i),
+        api_url=urls.api_unit_url(model.slug, layer.name, i),
+        prev_url=urls.unit_url(model.slug, layer.name, i - 1) if i > 0 else None,
+        next_url=urls.unit_url(model.slug, layer.name, i + 1) if i + 1 < layer.unit_count else None,
+        artifacts=[artifact_out(a) for a in artifacts or []],
+    )
+
+
+@dataclass
+class UnitView:
+    """Everything the unit page and unit JSON show."""
+
+    model: Model
+    layer: Layer
+    unit: Unit
+    out: UnitOut
+    by_kind: dict[str, list[ArtifactOut]]
+
+
+def unit_view(session: Session, model_slug: str, layer_name: str, index: int) -> UnitView:
+    model = get_model(session, model_slug)
+    layer = get_layer(session, model, layer_name)
+    unit = get_unit(session, layer, index)
+    arts = list(CatalogRepository(session).unit_artifacts(layer.id, index))
+    out = unit_out(model, layer, unit, arts)
+    by_kind: dict[str, list[ArtifactOut]] = {}
+    for a in out.artifacts:
+        by_kind.setdefault(a.kind, []).append(a)
+    return UnitView(model, layer, unit, out, by_kind)
+
+
+def list_units(
+    session: Session, model: Model, layer: Layer, *, offset: int, limit: int
+) -> list[dict[str, Any]]:
+    """Units of one page of the grid, with a thumbnail URL where one exists."""
+    repo = CatalogRepository(session)
+    units = repo.list_units(layer.id, offset=offset, limit=limit)
+    thumbs: dict[int, str] = {}
+    for kind in ("featvis", "example_crop"):
+        for a in repo.layer_artifacts(layer.id, kind, [u.index for u in units]):
+            if a.unit_index is not None and a.unit_index not in thumbs:
+                thumbs[a.unit_index] = urls.object_url(a.storage_key)
+    return [
+        {
+            "index": u.index,
+            "label": u.label,
+            "url": urls.unit_url(model.slug, layer.name, u.index),
+            "api_url": urls.api_unit_url(model.slug, layer.name, u.index),
+            "thumbnail": thumbs.get(u.index),
+        }
+        for u in units
+    ]

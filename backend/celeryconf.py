@@ -1,0 +1,38 @@
+"""Celery configuration shared by the web process (which only sends by name) and workers."""
+
+from __future__ import annotations
+
+from celery import Celery
+from kombu import Queue
+
+from backend.config import Settings
+
+QUEUES = ("gpu", "cpu")
+# Task names: the web process sends these by name and never imports task code.
+TASK_REGISTER_MODEL = "microscope.register_model"
+TASK_IMPORT_DATASET = "microscope.import_dataset"
+
+
+def make_celery(settings: Settings, *, name: str = "microscope") -> Celery:
+    """A Celery app bound to the configured broker, with a GPU and a CPU queue."""
+    if settings.embedded_broker:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+    app = Celery(name, broker=settings.broker_url)
+    app.conf.update(
+        task_queues=[Queue(q) for q in QUEUES],
+        task_default_queue="cpu",
+        # State and progress live in the jobs table, not in a result backend.
+        task_ignore_result=True,
+        # A task is acknowledged after it finishes and re-queued if its worker dies; safe
+        # because every task is idempotent (it reloads its job and skips finished work).
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        broker_connection_retry_on_startup=True,
+        task_serializer="json",
+        accept_content=["json"],
+        broker_transport_options={"polling_interval": 0.5}
+        if settings.embedded_broker
+        else {"visibility_timeout": 6 * 3600},
+    )
+    return app

@@ -1,0 +1,81 @@
+"""Datasets: record an image folder and queue its import."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from pydantic import BaseModel
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from backend.catalog.spec import slugify
+from backend.celeryconf import TASK_IMPORT_DATASET
+from backend.db.models import Dataset, Job
+from backend.errors import InvalidInput, NotFoundError
+from backend.jobs.service import enqueue_job
+
+
+class DatasetOut(BaseModel):
+    slug: str
+    source: str
+    image_count: int
+    skipped_count: int
+    skipped: dict[str, int] | None
+    checksum: str | None
+    state: str
+    error: str | None
+
+
+class DatasetCreate(BaseModel):
+    path: str
+    slug: str | None = None
+
+
+def list_datasets(session: Session) -> Sequence[Dataset]:
+    return session.scalars(select(Dataset).order_by(Dataset.id)).all()
+
+
+def get_dataset(session: Session, slug: str) -> Dataset:
+    ds = session.scalar(select(Dataset).where(Dataset.slug == slug))
+    if ds is None:
+        raise NotFoundError("dataset", slug)
+    return ds
+
+
+def add_dataset(session: Session, path: str, slug: str | None = None) -> tuple[Dataset, Job]:
+    """Record an image folder and queue its import (validation and thumbnails)."""
+    folder = Path(path).expanduser().resolve()
+    if not folder.is_dir():
+        raise InvalidInput(f"dataset folder {str(folder)!r} does not exist or is not a folder")
+    slug = slugify(slug or folder.name) or "dataset"
+    ds = session.scalar(select(Dataset).where(Dataset.slug == slug))
+    if ds is None:
+        ds = Dataset(slug=slug, source=str(folder), state="pending")
+        session.add(ds)
+        session.flush()
+    elif ds.source != str(folder):
+        raise InvalidInput(f"dataset slug {slug!r} already names {ds.source}")
+    job = enqueue_job(
+        session,
+        kind="import_dataset",
+        task_name=TASK_IMPORT_DATASET,
+        params={"dataset_id": ds.id, "source": ds.source},
+        queue="cpu",
+        priority=8,
+        dataset_id=ds.id,
+    )
+    return ds, job
+
+
+def dataset_out(ds: Dataset) -> DatasetOut:
+    return DatasetOut(
+        slug=ds.slug,
+        source=ds.source,
+        image_count=ds.image_count,
+        skipped_count=ds.skipped_count,
+        skipped=ds.skipped,
+        checksum=ds.checksum,
+        state=ds.state,
+        error=ds.error,
+    )

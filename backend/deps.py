@@ -1,0 +1,73 @@
+"""FastAPI dependency aliases: settings, a per-request session, the admin check."""
+
+from __future__ import annotations
+
+import hmac
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import Depends, Header, Request
+from sqlalchemy.orm import Session
+
+from backend.config import Settings, get_settings
+from backend.db.session import get_sessionmaker
+from backend.errors import Unauthorized
+
+
+def settings_dep(request: Request) -> Settings:
+    return request.app.state.settings  # type: ignore[no-any-return]
+
+
+SettingsDep = Annotated[Settings, Depends(settings_dep)]
+
+
+def get_db(request: Request) -> Iterator[Session]:
+    """One transaction per request, committed at the edge (services only flush)."""
+    settings: Settings = request.app.state.settings
+    session = get_sessionmaker(settings.database_url)()
+    try:
+        yield session
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.close()
+
+
+SessionDep = Annotated[Session, Depends(get_db)]
+
+
+def admin_token(settings: Settings) -> str:
+    """The configured token, or one generated once and kept in the data directory."""
+    if settings.admin_token:
+        return settings.admin_token
+    path = Path(settings.data_dir) / "admin-token"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(secrets.token_urlsafe(24))
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
+def require_admin(
+    request: Request,
+    authorization: Annotated[str | None, Header()] = None,
+    x_admin_token: Annotated[str | None, Header()] = None,
+) -> None:
+    """Writes need the admin token (``Authorization: Bearer ...`` or ``X-Admin-Token``)."""
+    given = x_admin_token
+    if authorization and authorization.lower().startswith("bearer "):
+        given = authorization[7:].strip()
+    expected = request.app.state.admin_token
+    if not given or not hmac.compare_digest(given.encode(), expected.encode()):
+        raise Unauthorized("this write needs the admin token (Authorization: Bearer <token>)")
+
+
+AdminDep = Depends(require_admin)
+
+
+def current_settings() -> Settings:
+    return get_settings()

@@ -1,0 +1,28 @@
+"""Domain errors that handlers turn into 404/422 pages or JSON error objects."""
+
+from __future__ import annotations
+
+
+class MicroscopeError(Exception):
+    status = 400
+    code = "bad_request"
+
+
+class NotFoundError(MicroscopeError):
+    status = 404
+    code = "not_found"
+
+    def __init__(self, what: str, name: object) -> None:
+        super().__init__(f"unknown {what} {name!r}")
+        self.what = what
+        self.name = name
+
+
+class InvalidInput(MicroscopeError):
+    status = 422
+    code = "invalid_input"
+
+
+class Unauthorized(MicroscopeError):
+    status = 401
+    code = "unauthorized"

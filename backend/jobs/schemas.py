@@ -1,0 +1,51 @@
+"""API shape of a job."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel
+
+from backend.db.models import Job
+
+
+class JobOut(BaseModel):
+    id: int
+    kind: str
+    state: str
+    params: dict[str, Any]
+    queue: str
+    progress_done: int
+    progress_total: int
+    percent: float
+    message: str | None
+    error: str | None
+    attempts: int
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    url: str
+
+
+def job_out(job: Job) -> JobOut:
+    pct = 100.0 * job.progress_done / job.progress_total if job.progress_total else 0.0
+    if job.state == "succeeded":
+        pct = 100.0
+    return JobOut(
+        id=job.id,
+        kind=job.kind,
+        state=job.state,
+        params=job.params,
+        queue=job.queue,
+        progress_done=job.progress_done,
+        progress_total=job.progress_total,
+        percent=round(pct, 1),
+        message=job.message,
+        error=job.error,
+        attempts=job.attempts,
+        created_at=job.created_at,
+        started_at=job.started_at,
+        finished_at=job.finished_at,
+        url=f"/api/v1/jobs/{job.id}",
+    )

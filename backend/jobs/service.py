@@ -1,0 +1,75 @@
+"""Creating jobs: one row per unit of work, idempotent by (kind, params)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from backend.db.models import Job
+from backend.jobs.enqueue import PendingTask, enqueue_after_commit
+from backend.jobs.repository import JobRepository
+
+
+def dedupe_key(kind: str, params: dict[str, Any]) -> str:
+    """kind + a hash of canonical params: the same work always maps to the same job."""
+    blob = json.dumps(params, sort_keys=True, separators=(",", ":"), default=str)
+    return f"{kind}:{hashlib.sha256(blob.encode()).hexdigest()[:32]}"
+
+
+def enqueue_job(
+    session: Session,
+    *,
+    kind: str,
+    task_name: str,
+    params: dict[str, Any],
+    queue: str = "cpu",
+    priority: int = 5,
+    model_id: int | None = None,
+    dataset_id: int | None = None,
+    total: int = 0,
+) -> Job:
+    """Create (or revive) the job for this work and send it once the transaction commits.
+
+    A job that already succeeded or is in flight is returned as it is: nothing is redone.
+    A failed or cancelled one is reset and sent again.
+    """
+    repo = JobRepository(session)
+    key = dedupe_key(kind, params)
+    job = repo.get_by_dedupe_key(key)
+    if job is not None and job.state in ("succeeded", "queued", "running"):
+        return job
+    if job is None:
+        job = repo.add(
+            Job(
+                kind=kind,
+                dedupe_key=key,
+                params=params,
+                queue=queue,
+                priority=priority,
+                model_id=model_id,
+                dataset_id=dataset_id,
+                progress_total=total,
+            )
+        )
+    else:
+        job.state = "queued"
+        job.error = None
+        job.message = "retry requested"
+        job.progress_done = 0
+        session.flush()
+    enqueue_after_commit(session, PendingTask(task_name, job.id, queue, priority))
+    return job
+
+
+def resend_unfinished(session: Session, task_names: dict[str, str]) -> int:
+    """Send again every queued/running job (after a crash); tasks skip finished work."""
+    n = 0
+    for job in JobRepository(session).unfinished():
+        name = task_names.get(job.kind)
+        if name:
+            enqueue_after_commit(session, PendingTask(name, job.id, job.queue, job.priority))
+            n += 1
+    return n

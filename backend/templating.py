@@ -1,0 +1,26 @@
+"""Jinja templates from frontend/ (autoescaped)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fastapi.templating import Jinja2Templates
+
+from backend import urls
+
+FRONTEND = Path(__file__).resolve().parent.parent / "frontend"
+
+templates = Jinja2Templates(directory=str(FRONTEND / "templates"))
+templates.env.autoescape = True
+templates.env.globals.update(
+    model_url=urls.model_url,
+    layer_url=urls.layer_url,
+    unit_url=urls.unit_url,
+    object_url=urls.object_url,
+    htmx_vendored=(FRONTEND / "static" / "vendor" / "htmx.min.js").exists(),
+)
+
+
+def is_htmx(request) -> bool:  # type: ignore[no-untyped-def]
+    """True for requests htmx makes (they get fragments, not whole pages)."""
+    return request.headers.get("hx-request") == "true"

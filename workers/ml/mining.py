@@ -1,0 +1,563 @@
+"""Dataset examples: exact streaming top-k for every unit of several layers in one pass.
+
+A :class:`LayerReducer` keeps, per unit, O(k + R) numbers whatever the number of images:
+the top-k images by the unit's max over positions, the bottom-k by its min, a bottom-R hash
+sketch (a deterministic sample for quantile strata and histograms) and running moments.
+Reducers are mergeable, and merging shards gives exactly the single-pass result, so a dataset
+can be mined in shards on several workers and combined later from ``state_dict`` files.
+
+Ranking is exact and deterministic: each (score, image id) pair is packed into one int64 key
+(order-preserving float bits in the high word, inverted id in the low word), so ``torch.topk``
+over keys sorts by score and breaks ties by the smaller image id, with no float ambiguity.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from workers.ml.hooks import Layout, run_to, to_unit_maps
+
+STATE_VERSION = 1
+MAX_IMAGE_ID = 2**32 - 1  # ids share an int64 key with the score's 32 bits
+_LOW32 = 0xFFFFFFFF
+
+# splitmix64 constants as signed int64 (torch has no uint64 arithmetic).
+_GOLDEN = 0x9E3779B97F4A7C15 - 2**64
+_MIX1 = 0xBF58476D1CE4E5B9 - 2**64
+_MIX2 = 0x94D049BB133111EB - 2**64
+
+
+def splitmix64(ids: torch.Tensor) -> torch.Tensor:
+    """The splitmix64 finaliser of int64 ids, in int64 torch ops (same on every device/shard)."""
+
+    def shr(z: torch.Tensor, s: int) -> torch.Tensor:
+        # Logical shift right: arithmetic shift, then clear the sign-extended bits.
+        return (z >> s) & ((1 << (64 - s)) - 1)
+
+    z = ids.to(torch.int64) + _GOLDEN  # wraps mod 2**64 like uint64
+    z = (z ^ shr(z, 30)) * _MIX1
+    z = (z ^ shr(z, 27)) * _MIX2
+    return z ^ shr(z, 31)
+
+
+def _ordered_bits(scores: torch.Tensor) -> torch.Tensor:
+    """Map float32 scores to int64 values in [-2**31, 2**31) with the same total order."""
+    s = (scores.to(torch.float32) + 0.0).contiguous()  # + 0.0 folds -0.0 into 0.0
+    bits = s.view(torch.int32).to(torch.int64)
+    # Negative floats order backwards in their bit pattern: flip all but the sign bit.
+    return torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits)
+
+
+def _scores_from_bits(ordered: torch.Tensor) -> torch.Tensor:
+    bits = torch.where(ordered < 0, ordered ^ 0x7FFFFFFF, ordered).to(torch.int32)
+    return bits.view(torch.float32)
+
+
+def make_keys(scores: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """Int64 keys ordering by score (descending under topk), then by smaller image id."""
+    # scores (..., N) float, ids broadcastable to it; ids in [0, 2**32).
+    return (_ordered_bits(scores) << 32) | (_LOW32 - ids.to(torch.int64))
+
+
+def decode_keys(keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inverse of :func:`make_keys`: (float32 scores, int64 ids)."""
+    return _scores_from_bits(keys >> 32), _LOW32 - (keys & _LOW32)
+
+
+def _max_argmax(maps: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Per image and unit: max, flat argmax, min, flat argmin over positions, each (N, U)."""
+    n, u, h, w = maps.shape
+    if maps.stride(1) == 1 and u > 1:
+        # Channels-last storage (nhwc layers, token grids): reduce over positions without a copy.
+        flat = maps.permute(0, 2, 3, 1).reshape(n, h * w, u)  # (N, HW, U)
+        dim = 1
+    else:
+        flat = maps.reshape(n, u, h * w)  # (N, U, HW)
+        dim = 2
+    mx, amx = flat.max(dim=dim)  # (N, U)
+    mn, amn = flat.min(dim=dim)  # (N, U)
+    return mx, amx, mn, amn
+
+
+@dataclass
+class LayerResult:
+    """Finalized dataset examples of one layer; unit i is row i of every tensor.
+
+    Padding: ids -1 and scores NaN where fewer images exist than slots.
+    """
+
+    grid: tuple[int, int]  # (H, W) of the unit maps
+    count: int  # images seen
+    top_ids: torch.Tensor  # (U, k) int64, best first
+    top_scores: torch.Tensor  # (U, k) float32, the unit's max over positions
+    top_y: torch.Tensor  # (U, k) int64 argmax row in the unit map
+    top_x: torch.Tensor  # (U, k) int64 argmax column
+    neg_ids: torch.Tensor | None  # (U, k) most negative min first; None if never negative
+    neg_scores: torch.Tensor | None
+    neg_y: torch.Tensor | None
+    neg_x: torch.Tensor | None
+    strata_ids: torch.Tensor  # (U, S, P) int64, stratum 0 = lowest quantile of max scores
+    strata_scores: torch.Tensor  # (U, S, P) float32
+    strata_edges: torch.Tensor  # (U, S + 1) float32, score at each stratum boundary
+    hist_counts: torch.Tensor  # (U, B) int64, sketch images per bin
+    hist_lo: torch.Tensor  # (U,) float32, left edge of bin 0
+    hist_hi: torch.Tensor  # (U,) float32, right edge of the last bin
+    mean: torch.Tensor  # (U,) float64, of per-image max scores
+    std: torch.Tensor  # (U,) float64, population std of per-image max scores
+    active_share: torch.Tensor  # (U,) float64, share of images with max > 0
+    min: torch.Tensor  # (U,) float32, global min over images and positions
+    max: torch.Tensor  # (U,) float32, global max over images and positions
+
+    @property
+    def unit_count(self) -> int:
+        return int(self.top_ids.shape[0])
+
+    def unit(self, index: int) -> dict[str, Any]:
+        """Plain-Python view of one unit (lists, floats) for storage or JSON."""
+
+        def examples(ids: torch.Tensor, scores: torch.Tensor, ys: torch.Tensor, xs: torch.Tensor):
+            keep = ids[index] >= 0
+            return [
+                {"image_id": int(i), "score": float(s), "y": int(y), "x": int(x)}
+                for i, s, y, x in zip(
+                    ids[index][keep].tolist(),
+                    scores[index][keep].tolist(),
+                    ys[index][keep].tolist(),
+                    xs[index][keep].tolist(),
+                    strict=True,
+                )
+            ]
+
+        negative = None
+        if self.neg_ids is not None:
+            assert self.neg_scores is not None and self.neg_y is not None
+            assert self.neg_x is not None
+            negative = examples(self.neg_ids, self.neg_scores, self.neg_y, self.neg_x)
+        strata = []
+        for s in range(self.strata_ids.shape[1]):
+            keep = self.strata_ids[index, s] >= 0
+            strata.append(
+                {
+                    "lo": float(self.strata_edges[index, s]),
+                    "hi": float(self.strata_edges[index, s + 1]),
+                    "image_ids": self.strata_ids[index, s][keep].tolist(),
+                    "scores": self.strata_scores[index, s][keep].tolist(),
+                }
+            )
+        return {
+            "top": examples(self.top_ids, self.top_scores, self.top_y, self.top_x),
+            "negative": negative,
+            "strata": strata,
+            "histogram": {
+                "lo": float(self.hist_lo[index]),
+                "hi": float(self.hist_hi[index]),
+                "counts": self.hist_counts[index].tolist(),
+            },
+            "stats": {
+                "count": self.count,
+                "mean": float(self.mean[index]),
+                "std": float(self.std[index]),
+                "active_share": float(self.active_share[index]),
+                "min": float(self.min[index]),
+                "max": float(self.max[index]),
+            },
+        }
+
+
+class LayerReducer:
+    """Streaming, mergeable per-unit state of one layer; memory O(units x (k + R))."""
+
+    def __init__(self, k: int = 64, sketch_size: int = 1024) -> None:
+        if k < 1 or sketch_size < 1:
+            raise ValueError("k and sketch_size must be positive")
+        self.k = k
+        self.sketch_size = sketch_size
+        self.grid: tuple[int, int] | None = None  # (H, W), fixed by the first batch
+        self.count = 0
+        # Everything below is created on the first update, on the activations' device.
+        self.top_keys: torch.Tensor | None = None  # (U, <=k) int64, sorted best first
+        self.top_pos: torch.Tensor | None = None  # (U, <=k) int64 flat position y * W + x
+        self.neg_keys: torch.Tensor | None = None  # keys of -min: most negative first
+        self.neg_pos: torch.Tensor | None = None
+        self.sketch_hash: torch.Tensor | None = None  # (<=R,) int64, sorted ascending
+        self.sketch_ids: torch.Tensor | None = None  # (<=R,) int64
+        self.sketch_scores: torch.Tensor | None = None  # (U, <=R) float32 per-image max
+        self.sum: torch.Tensor | None = None  # (U,) float64 of per-image max
+        self.sumsq: torch.Tensor | None = None  # (U,) float64
+        self.active: torch.Tensor | None = None  # (U,) int64 images with max > 0
+        self.min: torch.Tensor | None = None  # (U,) float32 global min
+        self.max: torch.Tensor | None = None  # (U,) float32 global max
+
+    @property
+    def empty(self) -> bool:
+        return self.top_keys is None
+
+    @property
+    def unit_count(self) -> int:
+        return 0 if self.top_keys is None else int(self.top_keys.shape[0])
+
+    def _check_compatible(self, units: int, grid: tuple[int, int]) -> None:
+        if self.grid is not None and (self.grid != grid or self.unit_count != units):
+            raise ValueError(
+                f"layer shape changed: {self.unit_count} units on {self.grid} "
+                f"vs {units} units on {grid}"
+            )
+
+    def update(self, maps: torch.Tensor, ids: torch.Tensor) -> None:
+        """Fold one batch of unit maps (N, U, H, W) with image ids (N,) into the state."""
+        if maps.dim() != 4:
+            raise ValueError(f"expected (N, U, H, W) unit maps, got shape {tuple(maps.shape)}")
+        n, u, h, w = maps.shape
+        if ids.shape != (n,):
+            raise ValueError(f"expected {n} image ids, got shape {tuple(ids.shape)}")
+        if n == 0:
+            return
+        ids = ids.to(device=maps.device, dtype=torch.int64)
+        if int(ids.min()) < 0 or int(ids.max()) > MAX_IMAGE_ID:
+            raise ValueError(f"image ids must lie in [0, {MAX_IMAGE_ID}]")
+        self._check_compatible(u, (h, w))
+
+        mx, amx, mn, amn = _max_argmax(maps)  # (N, U) each, in the maps' dtype
+        mx_t = mx.to(torch.float32).t()  # (U, N)
+        mn_t = mn.to(torch.float32).t()  # (U, N)
+        batch = LayerReducer(self.k, self.sketch_size)
+        batch.grid = (h, w)
+        batch.count = n
+        batch.top_keys = make_keys(mx_t, ids[None, :])  # (U, N)
+        batch.top_pos = amx.t().to(torch.int64)  # (U, N)
+        batch.neg_keys = make_keys(-mn_t, ids[None, :])  # (U, N)
+        batch.neg_pos = amn.t().to(torch.int64)  # (U, N)
+        batch.sketch_hash = splitmix64(ids)  # (N,)
+        batch.sketch_ids = ids
+        batch.sketch_scores = mx_t
+        mx64 = mx_t.to(torch.float64)  # (U, N)
+        batch.sum = mx64.sum(dim=1)  # (U,)
+        batch.sumsq = (mx64 * mx64).sum(dim=1)  # (U,)
+        batch.active = (mx_t > 0).sum(dim=1)  # (U,)
+        batch.min = mn_t.amin(dim=1)  # (U,)
+        batch.max = mx_t.amax(dim=1)  # (U,)
+        self._absorb(batch)
+
+    def _absorb(self, other: LayerReducer) -> None:
+        """Combine ``other``'s state into this one (in place); both must share k and R."""
+        if other.empty:
+            return
+        if self.empty:
+            self.grid = other.grid
+            self.count = other.count
+            # Still truncate: a batch larger than k or R arrives untruncated.
+            self.top_keys, self.top_pos = _top(other.top_keys, other.top_pos, self.k)
+            self.neg_keys, self.neg_pos = _top(other.neg_keys, other.neg_pos, self.k)
+            self.sketch_hash, self.sketch_ids, self.sketch_scores = _bottom_hash(
+                other.sketch_hash, other.sketch_ids, other.sketch_scores, self.sketch_size
+            )
+            self.sum, self.sumsq, self.active = other.sum, other.sumsq, other.active
+            self.min, self.max = other.min, other.max
+            return
+        assert other.grid is not None
+        self._check_compatible(other.unit_count, other.grid)
+        dev = self.top_keys.device  # type: ignore[union-attr]
+        self.count += other.count
+        self.top_keys, self.top_pos = _top(
+            torch.cat([self.top_keys, other.top_keys.to(dev)], dim=1),  # (U, k + N)
+            torch.cat([self.top_pos, other.top_pos.to(dev)], dim=1),
+            self.k,
+        )
+        self.neg_keys, self.neg_pos = _top(
+            torch.cat([self.neg_keys, other.neg_keys.to(dev)], dim=1),
+            torch.cat([self.neg_pos, other.neg_pos.to(dev)], dim=1),
+            self.k,
+        )
+        self.sketch_hash, self.sketch_ids, self.sketch_scores = _bottom_hash(
+            torch.cat([self.sketch_hash, other.sketch_hash.to(dev)]),  # (R + N,)
+            torch.cat([self.sketch_ids, other.sketch_ids.to(dev)]),
+            torch.cat([self.sketch_scores, other.sketch_scores.to(dev)], dim=1),  # (U, R + N)
+            self.sketch_size,
+        )
+        self.sum = self.sum + other.sum.to(dev)
+        self.sumsq = self.sumsq + other.sumsq.to(dev)
+        self.active = self.active + other.active.to(dev)
+        self.min = torch.minimum(self.min, other.min.to(dev))
+        self.max = torch.maximum(self.max, other.max.to(dev))
+
+    def merge(self, other: LayerReducer) -> LayerReducer:
+        """A new reducer equal to one that saw both inputs in a single pass."""
+        if (self.k, self.sketch_size) != (other.k, other.sketch_size):
+            raise ValueError("cannot merge reducers with different k or sketch size")
+        out = LayerReducer(self.k, self.sketch_size)
+        out._absorb(self)
+        out._absorb(other)
+        return out
+
+    def state_dict(self) -> dict[str, Any]:
+        """The state as CPU tensors and plain values (loadable with weights_only=True)."""
+        state: dict[str, Any] = {
+            "version": STATE_VERSION,
+            "k": self.k,
+            "sketch_size": self.sketch_size,
+            "grid": list(self.grid) if self.grid is not None else None,
+            "count": self.count,
+        }
+        for name in _TENSOR_FIELDS:
+            t = getattr(self, name)
+            state[name] = None if t is None else t.detach().cpu()
+        return state
+
+    @classmethod
+    def from_state_dict(
+        cls, state: dict[str, Any], device: torch.device | str | None = None
+    ) -> LayerReducer:
+        """Rebuild a reducer saved by :meth:`state_dict` (optionally onto ``device``)."""
+        if state.get("version") != STATE_VERSION:
+            raise ValueError(f"unsupported reducer state version {state.get('version')!r}")
+        out = cls(int(state["k"]), int(state["sketch_size"]))
+        out.grid = tuple(state["grid"]) if state["grid"] is not None else None  # type: ignore[assignment]
+        out.count = int(state["count"])
+        for name in _TENSOR_FIELDS:
+            t = state[name]
+            setattr(out, name, None if t is None else t.to(device) if device else t.clone())
+        return out
+
+    def finalize(self, n_strata: int = 8, per_stratum: int = 8, bins: int = 32) -> LayerResult:
+        """Per-unit top and negative examples, quantile strata, histogram and stats."""
+        if self.empty:
+            raise ValueError("no images were processed")
+        assert self.grid is not None and self.top_keys is not None and self.top_pos is not None
+        assert self.neg_keys is not None and self.neg_pos is not None
+        assert self.sketch_ids is not None and self.sketch_scores is not None
+        assert self.sum is not None and self.sumsq is not None and self.active is not None
+        assert self.min is not None and self.max is not None
+        w = self.grid[1]
+        top_scores, top_ids = decode_keys(self.top_keys)  # (U, k)
+        neg = None
+        if bool((self.min < 0).any()):
+            neg_scores, neg_ids = decode_keys(self.neg_keys)
+            neg = (neg_ids, -neg_scores, self.neg_pos // w, self.neg_pos % w)
+        strata_ids, strata_scores, edges = _strata(
+            self.sketch_scores, self.sketch_ids, n_strata, per_stratum
+        )
+        counts, lo, hi = _histogram(self.sketch_scores, bins)
+        n = float(self.count)
+        mean = self.sum / n
+        var = (self.sumsq / n - mean * mean).clamp_min(0.0)
+        return LayerResult(
+            grid=self.grid,
+            count=self.count,
+            top_ids=top_ids,
+            top_scores=top_scores,
+            top_y=self.top_pos // w,
+            top_x=self.top_pos % w,
+            neg_ids=neg[0] if neg else None,
+            neg_scores=neg[1] if neg else None,
+            neg_y=neg[2] if neg else None,
+            neg_x=neg[3] if neg else None,
+            strata_ids=strata_ids,
+            strata_scores=strata_scores,
+            strata_edges=edges,
+            hist_counts=counts,
+            hist_lo=lo,
+            hist_hi=hi,
+            mean=mean,
+            std=var.sqrt(),
+            active_share=self.active.to(torch.float64) / n,
+            min=self.min.clone(),
+            max=self.max.clone(),
+        )
+
+
+_TENSOR_FIELDS = (
+    "top_keys",
+    "top_pos",
+    "neg_keys",
+    "neg_pos",
+    "sketch_hash",
+    "sketch_ids",
+    "sketch_scores",
+    "sum",
+    "sumsq",
+    "active",
+    "min",
+    "max",
+)
+
+
+def _top(keys: Any, pos: Any, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The k largest keys per row (sorted, best first) with their positions."""
+    # keys, pos (U, M); keys are unique per row, so the result is exact and deterministic.
+    kk = min(k, keys.shape[1])
+    top, idx = torch.topk(keys, kk, dim=1, largest=True, sorted=True)  # (U, kk)
+    return top, torch.gather(pos, 1, idx)
+
+
+def _bottom_hash(
+    hashes: Any, ids: Any, scores: Any, r: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Keep the r images with the smallest id hash: the same set whatever the sharding."""
+    # hashes, ids (M,); scores (U, M). splitmix64 is a bijection, so hashes never tie.
+    rr = min(r, hashes.shape[0])
+    h, idx = torch.topk(hashes, rr, largest=False, sorted=True)  # (rr,)
+    return h, ids[idx], scores[:, idx]
+
+
+def _sorted_sketch(scores: torch.Tensor, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sketch entries per unit in ascending score order (ties: larger id first)."""
+    keys = make_keys(scores, ids[None, :])  # (U, R)
+    order = torch.argsort(keys, dim=1)  # ascending key = ascending score; unique keys
+    return torch.gather(scores, 1, order), ids[order]  # (U, R) each
+
+
+def _strata(
+    scores: torch.Tensor, ids: torch.Tensor, n_strata: int, per_stratum: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Split each unit's sketch into equal-count quantile strata and pick evenly spaced images."""
+    u, r = scores.shape
+    s_sorted, i_sorted = _sorted_sketch(scores, ids)  # (U, R)
+    # Slot indices into the sorted sketch are the same for every unit (same R), so build
+    # them once in Python (n_strata x per_stratum numbers) and gather for all units at once.
+    slots = torch.full((n_strata, per_stratum), -1, dtype=torch.int64)
+    bounds = [(s * r) // n_strata for s in range(n_strata + 1)]
+    for s in range(n_strata):
+        lo, hi = bounds[s], bounds[s + 1]
+        take = min(per_stratum, hi - lo)
+        for j in range(take):
+            slots[s, j] = lo + (j * (hi - lo)) // take
+    slots = slots.to(scores.device).reshape(-1)  # (S * P,)
+    valid = slots >= 0
+    safe = slots.clamp_min(0)
+    out_ids = torch.where(valid, i_sorted[:, safe], -1).reshape(u, n_strata, per_stratum)
+    nan = torch.tensor(float("nan"), device=scores.device)
+    out_scores = torch.where(valid, s_sorted[:, safe], nan).reshape(u, n_strata, per_stratum)
+    # Edge s is the score at the stratum's first slot; the last edge is the sketch max.
+    edge_idx = torch.tensor([min(b, r - 1) for b in bounds], device=scores.device)
+    edges = s_sorted[:, edge_idx]  # (U, S + 1)
+    return out_ids, out_scores, edges
+
+
+def _histogram(scores: torch.Tensor, bins: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Counts of sketch scores in ``bins`` uniform bins over each unit's [min, max]."""
+    lo = scores.amin(dim=1)  # (U,)
+    hi = scores.amax(dim=1)  # (U,)
+    width = (hi - lo).clamp_min(torch.finfo(torch.float32).tiny)  # (U,)
+    idx = ((scores - lo[:, None]) / width[:, None] * bins).floor().to(torch.int64)  # (U, R)
+    idx = idx.clamp(0, bins - 1)  # the max lands in the last bin
+    counts = torch.zeros(scores.shape[0], bins, dtype=torch.int64, device=scores.device)
+    counts.scatter_add_(1, idx, torch.ones_like(idx))
+    return counts, lo, hi
+
+
+def merge_reducers(reducers: Sequence[LayerReducer]) -> LayerReducer:
+    """Merge shard reducers of one layer; equal to a single pass over all shards."""
+    if not reducers:
+        raise ValueError("nothing to merge")
+    out = LayerReducer(reducers[0].k, reducers[0].sketch_size)
+    for r in reducers:
+        if (r.k, r.sketch_size) != (out.k, out.sketch_size):
+            raise ValueError("cannot merge reducers with different k or sketch size")
+        out._absorb(r)
+    return out
+
+
+def merge_layer_states(shards: Sequence[dict[str, LayerReducer]]) -> dict[str, LayerReducer]:
+    """Merge per-layer reducers of several shards (each a dict as returned by Miner.run)."""
+    if not shards:
+        raise ValueError("nothing to merge")
+    return {path: merge_reducers([s[path] for s in shards]) for path in shards[0]}
+
+
+def split_shards(n_items: int, shard_size: int) -> list[range]:
+    """Consecutive index ranges of at most ``shard_size`` items covering ``range(n_items)``."""
+    if shard_size < 1:
+        raise ValueError("shard_size must be positive")
+    return [range(s, min(s + shard_size, n_items)) for s in range(0, n_items, shard_size)]
+
+
+Progress = Callable[[int], None]
+
+
+class Miner:
+    """One :class:`LayerReducer` per layer, fed by truncated forward passes."""
+
+    def __init__(
+        self,
+        layers: dict[str, Layout],
+        k: int = 64,
+        sketch_size: int = 1024,
+        autocast_dtype: torch.dtype | None = None,
+    ) -> None:
+        if not layers:
+            raise ValueError("no layers to mine")
+        self.layers = dict(layers)
+        # fp32 by default: bf16/fp16 scores tie and reorder near-equal images, so reduced
+        # precision is opt-in (CUDA only) for throughput when exact ranking matters less.
+        self.autocast_dtype = autocast_dtype
+        self.reducers = {p: LayerReducer(k, sketch_size) for p in self.layers}
+
+    def update(self, model: nn.Module, images: torch.Tensor, ids: torch.Tensor) -> None:
+        """Run one batch (N, 3, S, S) to the deepest mined layer and fold it in."""
+        if model.training:
+            raise ValueError("put the model in eval mode before mining (dropout, batch norm)")
+        param = next(model.parameters(), None)
+        device = param.device if param is not None else images.device
+        x = images.to(device, non_blocking=True)
+        if param is not None and x.dtype != param.dtype and param.dtype.is_floating_point:
+            x = x.to(param.dtype)
+        with torch.inference_mode():
+            if self.autocast_dtype is not None and device.type == "cuda":
+                with torch.autocast("cuda", dtype=self.autocast_dtype):
+                    outputs = run_to(model, x, list(self.layers))
+            else:
+                outputs = run_to(model, x, list(self.layers))
+            for path, layout in self.layers.items():
+                self.reducers[path].update(to_unit_maps(outputs[path], layout), ids)
+            del outputs  # drop the activations before the next batch is loaded
+
+    def run(
+        self,
+        model: nn.Module,
+        batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+        progress: Progress | None = None,
+    ) -> dict[str, LayerReducer]:
+        """Mine every batch of (images (N, 3, S, S), ids (N,)); return the reducers."""
+        done = 0
+        for images, ids in batches:
+            self.update(model, images, ids)
+            done += int(ids.shape[0])
+            if progress is not None:
+                progress(done)
+        return self.reducers
+
+
+class IdDataset(torch.utils.data.Dataset):
+    """A DataLoader-friendly dataset of (image tensor (3, S, S), id) from a loader function."""
+
+    def __init__(self, ids: Sequence[int], load: Callable[[int], torch.Tensor]) -> None:
+        self.ids = list(ids)
+        self.load = load
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        image_id = self.ids[i]
+        return self.load(image_id), image_id
+
+
+def make_loader(
+    ids: Sequence[int],
+    load: Callable[[int], torch.Tensor],
+    batch_size: int = 32,
+    num_workers: int = 0,
+) -> torch.utils.data.DataLoader:
+    """Batches of (images (N, 3, S, S), ids (N,) int64) in id-list order, for :meth:`Miner.run`."""
+    return torch.utils.data.DataLoader(
+        IdDataset(ids, load),
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=num_workers,
+        pin_memory=torch.cuda.is_available(),
+    )
