@@ -11,6 +11,13 @@ QUEUES = ("gpu", "cpu")
 # Task names: the web process sends these by name and never imports task code.
 TASK_REGISTER_MODEL = "microscope.register_model"
 TASK_IMPORT_DATASET = "microscope.import_dataset"
+TASK_MINE_EXAMPLES = "microscope.mine_examples"
+# job kind -> task name, used to send unfinished jobs again after a crash.
+TASKS = {
+    "register_model": TASK_REGISTER_MODEL,
+    "import_dataset": TASK_IMPORT_DATASET,
+    "mine_examples": TASK_MINE_EXAMPLES,
+}
 
 
 def make_celery(settings: Settings, *, name: str = "microscope") -> Celery:

@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.data import DataLoader, Dataset
 
 from workers.ml.hooks import Layout, run_to, to_unit_maps
 
@@ -532,7 +533,7 @@ class Miner:
         return self.reducers
 
 
-class IdDataset(torch.utils.data.Dataset):
+class IdDataset(Dataset):
     """A DataLoader-friendly dataset of (image tensor (3, S, S), id) from a loader function."""
 
     def __init__(self, ids: Sequence[int], load: Callable[[int], torch.Tensor]) -> None:
@@ -552,9 +553,9 @@ def make_loader(
     load: Callable[[int], torch.Tensor],
     batch_size: int = 32,
     num_workers: int = 0,
-) -> torch.utils.data.DataLoader:
+) -> DataLoader:
     """Batches of (images (N, 3, S, S), ids (N,) int64) in id-list order, for :meth:`Miner.run`."""
-    return torch.utils.data.DataLoader(
+    return DataLoader(
         IdDataset(ids, load),
         batch_size=batch_size,
         shuffle=False,

@@ -1,0 +1,9 @@
+"""The Celery app the workers run: ``celery -A workers.celery_app worker``."""
+
+from __future__ import annotations
+
+from backend.celeryconf import make_celery
+from backend.config import get_settings
+
+app = make_celery(get_settings())
+app.conf.imports = ("workers.tasks.catalog", "workers.tasks.datasets")

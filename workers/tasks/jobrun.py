@@ -1,0 +1,111 @@
+"""Running a job: reload its row, skip finished work, record state, progress and errors."""
+
+from __future__ import annotations
+
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from sqlalchemy.orm import Session
+
+from backend.config import get_settings
+from backend.db.base import utcnow
+from backend.db.models import Job
+from backend.db.session import session_scope
+
+
+class TransientError(Exception):
+    """An error worth retrying (a lost connection, a busy database)."""
+
+
+@dataclass
+class Progress:
+    """Writes progress to the jobs table in its own short transactions, at most every 0.5 s."""
+
+    job_id: int
+    db_url: str
+    min_interval: float = 0.5
+    _last: float = 0.0
+
+    def __call__(self, done: int, total: int | None = None, message: str | None = None) -> None:
+        now = time.monotonic()
+        if now - self._last < self.min_interval and (total is None or done < total):
+            return
+        self._last = now
+        with session_scope(self.db_url) as s:
+            job = s.get(Job, self.job_id)
+            if job is None:
+                return
+            job.progress_done = done
+            if total is not None:
+                job.progress_total = total
+            if message is not None:
+                job.message = message
+
+
+def _set(db_url: str, job_id: int, **fields: object) -> None:
+    with session_scope(db_url) as s:
+        job = s.get(Job, job_id)
+        if job is not None:
+            for k, v in fields.items():
+                setattr(job, k, v)
+
+
+def run_job(
+    job_id: int,
+    work: Callable[[Session, Job, Progress], str | None],
+    on_failure: Callable[[Session, Job, Exception], None] | None = None,
+) -> str:
+    """Run ``work`` for a job once; returns the final state.
+
+    Idempotent: a job that already succeeded returns at once (a re-delivered message does
+    nothing). ``work`` runs in one transaction committed at the end (it may commit along the
+    way so a killed worker loses little); it returns a message. ``on_failure`` records the
+    failure on domain rows in a fresh transaction.
+    Failures are recorded on the job and re-raised so Celery sees them too.
+    """
+    db_url = get_settings().database_url
+    with session_scope(db_url) as s:
+        job = s.get(Job, job_id)
+        if job is None:
+            return "missing"
+        if job.state in ("succeeded", "cancelled"):
+            return job.state
+        job.state = "running"
+        job.attempts += 1
+        job.started_at = utcnow()
+        job.error = None
+    progress = Progress(job_id, db_url)
+    try:
+        with session_scope(db_url) as s:
+            job = s.get(Job, job_id)
+            assert job is not None
+            message = work(s, job, progress)
+    except TransientError:
+        _set(db_url, job_id, state="queued", message="transient error; retrying")
+        raise
+    except Exception as e:
+        if on_failure is not None:
+            with session_scope(db_url) as s:
+                failed = s.get(Job, job_id)
+                if failed is not None:
+                    on_failure(s, failed, e)
+        _set(
+            db_url,
+            job_id,
+            state="failed",
+            error=f"{type(e).__name__}: {e}",
+            message=traceback.format_exc(limit=3)[-2000:],
+            finished_at=utcnow(),
+        )
+        raise
+    with session_scope(db_url) as s:
+        job = s.get(Job, job_id)
+        assert job is not None
+        job.state = "succeeded"
+        job.finished_at = utcnow()
+        job.message = message
+        if job.progress_total:
+            job.progress_done = job.progress_total
+    return "succeeded"
