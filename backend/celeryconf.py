@@ -38,7 +38,8 @@ def make_celery(settings: Settings, *, name: str = "microscope") -> Celery:
         broker_connection_retry_on_startup=True,
         task_serializer="json",
         accept_content=["json"],
-        broker_transport_options={"polling_interval": 0.5}
+        # Redis re-delivers an unacknowledged message after this long (a dead worker's task).
+        broker_transport_options={}
         if settings.embedded_broker
         else {"visibility_timeout": 6 * 3600},
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -13,6 +14,7 @@ from backend.celeryconf import make_celery
 from backend.config import get_settings
 
 _PENDING = "microscope_pending_tasks"
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -49,7 +51,12 @@ def enqueue_after_commit(session: Session, task: PendingTask) -> None:
 def _send_pending(session: Session) -> None:
     tasks = session.info.pop(_PENDING, [])
     for task in tasks:
-        send_now(task)
+        try:
+            send_now(task)
+        except Exception:
+            # The job row is committed as queued; `microscope up` / resend_unfinished sends it
+            # again, so a broker outage loses nothing.
+            log.exception("could not send job %s to the broker", task.job_id)
 
 
 @event.listens_for(Session, "after_soft_rollback")

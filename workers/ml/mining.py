@@ -136,7 +136,8 @@ class LayerResult:
 
         negative = None
         if self.neg_ids is not None:
-            assert self.neg_scores is not None and self.neg_y is not None
+            assert self.neg_scores is not None
+            assert self.neg_y is not None
             assert self.neg_x is not None
             negative = examples(self.neg_ids, self.neg_scores, self.neg_y, self.neg_x)
         strata = []
@@ -170,6 +171,112 @@ class LayerResult:
         }
 
 
+@dataclass
+class ReducerState:
+    """The tensors a reducer keeps, all on one device; per-unit rows are sorted best first."""
+
+    grid: tuple[int, int]  # (H, W) of the unit maps
+    count: int  # images seen
+    top_keys: torch.Tensor  # (U, <=k) int64 keys of the per-image max, descending
+    top_pos: torch.Tensor  # (U, <=k) int64 flat argmax position y * W + x
+    neg_keys: torch.Tensor  # (U, <=k) int64 keys of minus the per-image min: most negative first
+    neg_pos: torch.Tensor  # (U, <=k) int64 flat argmin position
+    sketch_hash: torch.Tensor  # (<=R,) int64 splitmix64(id), ascending
+    sketch_ids: torch.Tensor  # (<=R,) int64
+    sketch_scores: torch.Tensor  # (U, <=R) float32 per-image max of the sketch images
+    sum: torch.Tensor  # (U,) float64 of per-image max
+    sumsq: torch.Tensor  # (U,) float64 of squared per-image max
+    active: torch.Tensor  # (U,) int64 images with max > 0
+    min: torch.Tensor  # (U,) float32 global min over images and positions
+    max: torch.Tensor  # (U,) float32 global max
+
+    @property
+    def unit_count(self) -> int:
+        return int(self.top_keys.shape[0])
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """The tensor fields by name."""
+        return {f: getattr(self, f) for f in _TENSOR_FIELDS}
+
+
+_TENSOR_FIELDS = tuple(f for f in ReducerState.__dataclass_fields__ if f not in ("grid", "count"))
+
+
+def _batch_state(maps: torch.Tensor, ids: torch.Tensor) -> ReducerState:
+    """Untruncated state of one batch of unit maps (N, U, H, W) with ids (N,)."""
+    n, _, h, w = maps.shape
+    mx, amx, mn, amn = _max_argmax(maps)  # (N, U) each, in the maps' dtype
+    mx_t = mx.to(torch.float32).t()  # (U, N)
+    mn_t = mn.to(torch.float32).t()  # (U, N)
+    mx64 = mx_t.to(torch.float64)  # (U, N)
+    return ReducerState(
+        grid=(h, w),
+        count=n,
+        top_keys=make_keys(mx_t, ids[None, :]),  # (U, N)
+        top_pos=amx.t().to(torch.int64),  # (U, N)
+        neg_keys=make_keys(-mn_t, ids[None, :]),  # (U, N)
+        neg_pos=amn.t().to(torch.int64),  # (U, N)
+        sketch_hash=splitmix64(ids),  # (N,)
+        sketch_ids=ids,
+        sketch_scores=mx_t,  # (U, N)
+        sum=mx64.sum(dim=1),  # (U,)
+        sumsq=(mx64 * mx64).sum(dim=1),  # (U,)
+        active=(mx_t > 0).sum(dim=1),  # (U,)
+        min=mn_t.amin(dim=1),  # (U,)
+        max=mx_t.amax(dim=1),  # (U,)
+    )
+
+
+def _combine(a: ReducerState | None, b: ReducerState, k: int, r: int) -> ReducerState:
+    """State of the union of two disjoint image sets, truncated to k examples and R sketch."""
+    if a is None:
+        # Still truncate: a batch larger than k or R arrives untruncated.
+        top_keys, top_pos = _top(b.top_keys, b.top_pos, k)
+        neg_keys, neg_pos = _top(b.neg_keys, b.neg_pos, k)
+        sketch = _bottom_hash(b.sketch_hash, b.sketch_ids, b.sketch_scores, r)
+        return ReducerState(
+            b.grid, b.count, top_keys, top_pos, neg_keys, neg_pos, *sketch,
+            b.sum, b.sumsq, b.active, b.min, b.max,
+        )  # fmt: skip
+    if a.grid != b.grid or a.unit_count != b.unit_count:
+        raise ValueError(
+            f"layer shape changed: {a.unit_count} units on {a.grid} "
+            f"vs {b.unit_count} units on {b.grid}"
+        )
+    dev = a.top_keys.device
+    bt = {name: t.to(dev) for name, t in b.tensors().items()}
+    top_keys, top_pos = _top(
+        torch.cat([a.top_keys, bt["top_keys"]], dim=1),  # (U, k + N)
+        torch.cat([a.top_pos, bt["top_pos"]], dim=1),
+        k,
+    )
+    neg_keys, neg_pos = _top(
+        torch.cat([a.neg_keys, bt["neg_keys"]], dim=1),
+        torch.cat([a.neg_pos, bt["neg_pos"]], dim=1),
+        k,
+    )
+    sketch = _bottom_hash(
+        torch.cat([a.sketch_hash, bt["sketch_hash"]]),  # (R + N,)
+        torch.cat([a.sketch_ids, bt["sketch_ids"]]),
+        torch.cat([a.sketch_scores, bt["sketch_scores"]], dim=1),  # (U, R + N)
+        r,
+    )
+    return ReducerState(
+        a.grid,
+        a.count + b.count,
+        top_keys,
+        top_pos,
+        neg_keys,
+        neg_pos,
+        *sketch,
+        a.sum + bt["sum"],
+        a.sumsq + bt["sumsq"],
+        a.active + bt["active"],
+        torch.minimum(a.min, bt["min"]),
+        torch.maximum(a.max, bt["max"]),
+    )
+
+
 class LayerReducer:
     """Streaming, mergeable per-unit state of one layer; memory O(units x (k + R))."""
 
@@ -178,136 +285,43 @@ class LayerReducer:
             raise ValueError("k and sketch_size must be positive")
         self.k = k
         self.sketch_size = sketch_size
-        self.grid: tuple[int, int] | None = None  # (H, W), fixed by the first batch
-        self.count = 0
-        # Everything below is created on the first update, on the activations' device.
-        self.top_keys: torch.Tensor | None = None  # (U, <=k) int64, sorted best first
-        self.top_pos: torch.Tensor | None = None  # (U, <=k) int64 flat position y * W + x
-        self.neg_keys: torch.Tensor | None = None  # keys of -min: most negative first
-        self.neg_pos: torch.Tensor | None = None
-        self.sketch_hash: torch.Tensor | None = None  # (<=R,) int64, sorted ascending
-        self.sketch_ids: torch.Tensor | None = None  # (<=R,) int64
-        self.sketch_scores: torch.Tensor | None = None  # (U, <=R) float32 per-image max
-        self.sum: torch.Tensor | None = None  # (U,) float64 of per-image max
-        self.sumsq: torch.Tensor | None = None  # (U,) float64
-        self.active: torch.Tensor | None = None  # (U,) int64 images with max > 0
-        self.min: torch.Tensor | None = None  # (U,) float32 global min
-        self.max: torch.Tensor | None = None  # (U,) float32 global max
+        # Created by the first update, on the activations' device.
+        self.state: ReducerState | None = None
 
     @property
-    def empty(self) -> bool:
-        return self.top_keys is None
-
-    @property
-    def unit_count(self) -> int:
-        return 0 if self.top_keys is None else int(self.top_keys.shape[0])
-
-    def _check_compatible(self, units: int, grid: tuple[int, int]) -> None:
-        if self.grid is not None and (self.grid != grid or self.unit_count != units):
-            raise ValueError(
-                f"layer shape changed: {self.unit_count} units on {self.grid} "
-                f"vs {units} units on {grid}"
-            )
+    def count(self) -> int:
+        return 0 if self.state is None else self.state.count
 
     def update(self, maps: torch.Tensor, ids: torch.Tensor) -> None:
         """Fold one batch of unit maps (N, U, H, W) with image ids (N,) into the state."""
         if maps.dim() != 4:
             raise ValueError(f"expected (N, U, H, W) unit maps, got shape {tuple(maps.shape)}")
-        n, u, h, w = maps.shape
-        if ids.shape != (n,):
-            raise ValueError(f"expected {n} image ids, got shape {tuple(ids.shape)}")
-        if n == 0:
+        if ids.shape != (maps.shape[0],):
+            raise ValueError(f"expected {maps.shape[0]} image ids, got shape {tuple(ids.shape)}")
+        if maps.shape[0] == 0:
             return
         ids = ids.to(device=maps.device, dtype=torch.int64)
         if int(ids.min()) < 0 or int(ids.max()) > MAX_IMAGE_ID:
             raise ValueError(f"image ids must lie in [0, {MAX_IMAGE_ID}]")
-        self._check_compatible(u, (h, w))
-
-        mx, amx, mn, amn = _max_argmax(maps)  # (N, U) each, in the maps' dtype
-        mx_t = mx.to(torch.float32).t()  # (U, N)
-        mn_t = mn.to(torch.float32).t()  # (U, N)
-        batch = LayerReducer(self.k, self.sketch_size)
-        batch.grid = (h, w)
-        batch.count = n
-        batch.top_keys = make_keys(mx_t, ids[None, :])  # (U, N)
-        batch.top_pos = amx.t().to(torch.int64)  # (U, N)
-        batch.neg_keys = make_keys(-mn_t, ids[None, :])  # (U, N)
-        batch.neg_pos = amn.t().to(torch.int64)  # (U, N)
-        batch.sketch_hash = splitmix64(ids)  # (N,)
-        batch.sketch_ids = ids
-        batch.sketch_scores = mx_t
-        mx64 = mx_t.to(torch.float64)  # (U, N)
-        batch.sum = mx64.sum(dim=1)  # (U,)
-        batch.sumsq = (mx64 * mx64).sum(dim=1)  # (U,)
-        batch.active = (mx_t > 0).sum(dim=1)  # (U,)
-        batch.min = mn_t.amin(dim=1)  # (U,)
-        batch.max = mx_t.amax(dim=1)  # (U,)
-        self._absorb(batch)
-
-    def _absorb(self, other: LayerReducer) -> None:
-        """Combine ``other``'s state into this one (in place); both must share k and R."""
-        if other.empty:
-            return
-        if self.empty:
-            self.grid = other.grid
-            self.count = other.count
-            # Still truncate: a batch larger than k or R arrives untruncated.
-            self.top_keys, self.top_pos = _top(other.top_keys, other.top_pos, self.k)
-            self.neg_keys, self.neg_pos = _top(other.neg_keys, other.neg_pos, self.k)
-            self.sketch_hash, self.sketch_ids, self.sketch_scores = _bottom_hash(
-                other.sketch_hash, other.sketch_ids, other.sketch_scores, self.sketch_size
-            )
-            self.sum, self.sumsq, self.active = other.sum, other.sumsq, other.active
-            self.min, self.max = other.min, other.max
-            return
-        assert other.grid is not None
-        self._check_compatible(other.unit_count, other.grid)
-        dev = self.top_keys.device  # type: ignore[union-attr]
-        self.count += other.count
-        self.top_keys, self.top_pos = _top(
-            torch.cat([self.top_keys, other.top_keys.to(dev)], dim=1),  # (U, k + N)
-            torch.cat([self.top_pos, other.top_pos.to(dev)], dim=1),
-            self.k,
-        )
-        self.neg_keys, self.neg_pos = _top(
-            torch.cat([self.neg_keys, other.neg_keys.to(dev)], dim=1),
-            torch.cat([self.neg_pos, other.neg_pos.to(dev)], dim=1),
-            self.k,
-        )
-        self.sketch_hash, self.sketch_ids, self.sketch_scores = _bottom_hash(
-            torch.cat([self.sketch_hash, other.sketch_hash.to(dev)]),  # (R + N,)
-            torch.cat([self.sketch_ids, other.sketch_ids.to(dev)]),
-            torch.cat([self.sketch_scores, other.sketch_scores.to(dev)], dim=1),  # (U, R + N)
-            self.sketch_size,
-        )
-        self.sum = self.sum + other.sum.to(dev)
-        self.sumsq = self.sumsq + other.sumsq.to(dev)
-        self.active = self.active + other.active.to(dev)
-        self.min = torch.minimum(self.min, other.min.to(dev))
-        self.max = torch.maximum(self.max, other.max.to(dev))
+        batch = _batch_state(maps, ids)
+        self.state = _combine(self.state, batch, self.k, self.sketch_size)
 
     def merge(self, other: LayerReducer) -> LayerReducer:
         """A new reducer equal to one that saw both inputs in a single pass."""
-        if (self.k, self.sketch_size) != (other.k, other.sketch_size):
-            raise ValueError("cannot merge reducers with different k or sketch size")
-        out = LayerReducer(self.k, self.sketch_size)
-        out._absorb(self)
-        out._absorb(other)
-        return out
+        return merge_reducers([self, other])
 
     def state_dict(self) -> dict[str, Any]:
         """The state as CPU tensors and plain values (loadable with weights_only=True)."""
-        state: dict[str, Any] = {
+        out: dict[str, Any] = {
             "version": STATE_VERSION,
             "k": self.k,
             "sketch_size": self.sketch_size,
-            "grid": list(self.grid) if self.grid is not None else None,
-            "count": self.count,
+            "state": None,
         }
-        for name in _TENSOR_FIELDS:
-            t = getattr(self, name)
-            state[name] = None if t is None else t.detach().cpu()
-        return state
+        if self.state is not None:
+            st = {name: t.detach().cpu() for name, t in self.state.tensors().items()}
+            out["state"] = {"grid": list(self.state.grid), "count": self.state.count, **st}
+        return out
 
     @classmethod
     def from_state_dict(
@@ -317,42 +331,38 @@ class LayerReducer:
         if state.get("version") != STATE_VERSION:
             raise ValueError(f"unsupported reducer state version {state.get('version')!r}")
         out = cls(int(state["k"]), int(state["sketch_size"]))
-        out.grid = tuple(state["grid"]) if state["grid"] is not None else None  # type: ignore[assignment]
-        out.count = int(state["count"])
-        for name in _TENSOR_FIELDS:
-            t = state[name]
-            setattr(out, name, None if t is None else t.to(device) if device else t.clone())
+        st = state["state"]
+        if st is not None:
+            tensors = {f: st[f].to(device) if device else st[f].clone() for f in _TENSOR_FIELDS}
+            h, w = st["grid"]
+            out.state = ReducerState(grid=(int(h), int(w)), count=int(st["count"]), **tensors)
         return out
 
     def finalize(self, n_strata: int = 8, per_stratum: int = 8, bins: int = 32) -> LayerResult:
         """Per-unit top and negative examples, quantile strata, histogram and stats."""
-        if self.empty:
+        st = self.state
+        if st is None:
             raise ValueError("no images were processed")
-        assert self.grid is not None and self.top_keys is not None and self.top_pos is not None
-        assert self.neg_keys is not None and self.neg_pos is not None
-        assert self.sketch_ids is not None and self.sketch_scores is not None
-        assert self.sum is not None and self.sumsq is not None and self.active is not None
-        assert self.min is not None and self.max is not None
-        w = self.grid[1]
-        top_scores, top_ids = decode_keys(self.top_keys)  # (U, k)
+        w = st.grid[1]
+        top_scores, top_ids = decode_keys(st.top_keys)  # (U, k)
         neg = None
-        if bool((self.min < 0).any()):
-            neg_scores, neg_ids = decode_keys(self.neg_keys)
-            neg = (neg_ids, -neg_scores, self.neg_pos // w, self.neg_pos % w)
+        if bool((st.min < 0).any()):
+            neg_scores, neg_ids = decode_keys(st.neg_keys)
+            neg = (neg_ids, -neg_scores, st.neg_pos // w, st.neg_pos % w)
         strata_ids, strata_scores, edges = _strata(
-            self.sketch_scores, self.sketch_ids, n_strata, per_stratum
+            st.sketch_scores, st.sketch_ids, n_strata, per_stratum
         )
-        counts, lo, hi = _histogram(self.sketch_scores, bins)
-        n = float(self.count)
-        mean = self.sum / n
-        var = (self.sumsq / n - mean * mean).clamp_min(0.0)
+        counts, lo, hi = _histogram(st.sketch_scores, bins)
+        n = float(st.count)
+        mean = st.sum / n
+        var = (st.sumsq / n - mean * mean).clamp_min(0.0)
         return LayerResult(
-            grid=self.grid,
-            count=self.count,
+            grid=st.grid,
+            count=st.count,
             top_ids=top_ids,
             top_scores=top_scores,
-            top_y=self.top_pos // w,
-            top_x=self.top_pos % w,
+            top_y=st.top_pos // w,
+            top_x=st.top_pos % w,
             neg_ids=neg[0] if neg else None,
             neg_scores=neg[1] if neg else None,
             neg_y=neg[2] if neg else None,
@@ -365,29 +375,13 @@ class LayerReducer:
             hist_hi=hi,
             mean=mean,
             std=var.sqrt(),
-            active_share=self.active.to(torch.float64) / n,
-            min=self.min.clone(),
-            max=self.max.clone(),
+            active_share=st.active.to(torch.float64) / n,
+            min=st.min.clone(),
+            max=st.max.clone(),
         )
 
 
-_TENSOR_FIELDS = (
-    "top_keys",
-    "top_pos",
-    "neg_keys",
-    "neg_pos",
-    "sketch_hash",
-    "sketch_ids",
-    "sketch_scores",
-    "sum",
-    "sumsq",
-    "active",
-    "min",
-    "max",
-)
-
-
-def _top(keys: Any, pos: Any, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _top(keys: torch.Tensor, pos: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The k largest keys per row (sorted, best first) with their positions."""
     # keys, pos (U, M); keys are unique per row, so the result is exact and deterministic.
     kk = min(k, keys.shape[1])
@@ -396,7 +390,7 @@ def _top(keys: Any, pos: Any, k: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _bottom_hash(
-    hashes: Any, ids: Any, scores: Any, r: int
+    hashes: torch.Tensor, ids: torch.Tensor, scores: torch.Tensor, r: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Keep the r images with the smallest id hash: the same set whatever the sharding."""
     # hashes, ids (M,); scores (U, M). splitmix64 is a bijection, so hashes never tie.
@@ -459,7 +453,8 @@ def merge_reducers(reducers: Sequence[LayerReducer]) -> LayerReducer:
     for r in reducers:
         if (r.k, r.sketch_size) != (out.k, out.sketch_size):
             raise ValueError("cannot merge reducers with different k or sketch size")
-        out._absorb(r)
+        if r.state is not None:
+            out.state = _combine(out.state, r.state, out.k, out.sketch_size)
     return out
 
 

@@ -159,3 +159,29 @@ def l2(constant: float = 0.5) -> Objective:
         {},
         f"l2({constant})",
     )
+
+
+def facet(
+    base: Objective,
+    layer: str,
+    weights: torch.Tensor,
+    strength: float | torch.Tensor = 1.0,
+    layout: Layout = NCHW,
+) -> Objective:
+    """Faceted term: strength * w . sum over positions of g(x) * relu(stop_grad(d base / d g)).
+
+    g is ``layer``'s output, w a linear probe's weights over its units (openai/CLIP-featurevis
+    ``example_facets.py``); ``strength`` is a number or (N,) per element.
+    """
+    w = weights.detach()
+
+    def fn(c: Context) -> torch.Tensor:
+        g_raw = c.raw[layer]
+        # Gradient of the unit objective at g; kept out of the graph (stop_gradient).
+        (grad,) = torch.autograd.grad(base(c).sum(), g_raw, retain_graph=True)
+        g = c.maps(layer)  # (N, C, H, W)
+        attr = g * torch.relu(to_unit_maps(grad, layout))  # (N, C, H, W)
+        s = torch.as_tensor(strength, dtype=g.dtype, device=g.device)
+        return s * torch.einsum("nchw,c->n", attr, w.to(g.device, g.dtype))  # (N,)
+
+    return Objective(fn, {**base.layers, layer: layout}, f"facet({base.name}, {layer})")

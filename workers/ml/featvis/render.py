@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -12,7 +13,6 @@ from PIL import Image
 from torch import nn
 
 from workers.ml.featvis import objectives as obj
-from workers.ml.featvis.facets import FacetProbe, facet_objective
 from workers.ml.featvis.param import FourierImage
 from workers.ml.featvis.transforms import (
     TransformConfig,
@@ -23,6 +23,9 @@ from workers.ml.featvis.transforms import (
     warp,
 )
 from workers.ml.hooks import Layout, run_to, to_unit_maps
+
+if TYPE_CHECKING:
+    from workers.ml.featvis.facets import FacetProbe
 
 CODE_VERSION = "featvis-1"
 CPU_BATCH_SIZE = 8  # measured on 2 CPU cores: larger batches give no more units per second
@@ -196,7 +199,7 @@ def build_objective(
         total = total - DIVERSITY_WEIGHT * obj.diversity(module_path, layout=layout)
     if facet is not None:
         layer = facet_layer or facet.layer
-        total = total + facet_objective(base, facet, facet_strength, layer=layer)
+        total = total + obj.facet(base, layer, facet.weights, facet_strength, facet.layout)
         total = total - FACET_L2_WEIGHT * obj.l2()
     return total
 

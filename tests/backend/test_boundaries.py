@@ -1,0 +1,57 @@
+"""The web process must not need torch; the compose file must be valid."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_web_app_imports_no_torch(tmp_path: Path) -> None:
+    code = (
+        "import sys\n"
+        "from backend.app import create_app\n"
+        "from backend.config import Settings\n"
+        f"create_app(Settings(data_dir={str(tmp_path)!r}))\n"
+        "import backend.cli\n"
+        "heavy = sorted(m for m in sys.modules if m.split('.')[0] in "
+        "('torch', 'torchvision', 'open_clip', 'timm', 'workers'))\n"
+        "print(','.join(heavy))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True
+    )
+    assert out.stdout.strip() == "", f"web process imported: {out.stdout.strip()}"
+
+
+def test_backend_sources_never_import_ml_packages() -> None:
+    offenders = []
+    for path in (ROOT / "backend").rglob("*.py"):
+        for line in path.read_text().splitlines():
+            s = line.strip()
+            if s.startswith(("import torch", "from torch", "import timm", "import open_clip")):
+                offenders.append(f"{path}: {s}")
+            if s.startswith("from workers") and "noqa: TID251" not in s:
+                offenders.append(f"{path}: {s}")
+    assert offenders == []
+
+
+@pytest.mark.skipif(shutil.which("docker-compose") is None, reason="docker-compose not installed")
+def test_docker_compose_file_is_valid() -> None:
+    out = subprocess.run(
+        ["docker-compose", "-f", str(ROOT / "docker-compose.yml"), "config"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "MICROSCOPE_ADMIN_TOKEN": "compose-test-token-0123"},
+    )
+    assert out.returncode == 0, out.stderr
+    for service in ("postgres", "redis", "minio", "api", "worker", "flower"):
+        assert f"  {service}:" in out.stdout
+    assert "driver: nvidia" in out.stdout

@@ -1,0 +1,70 @@
+"""Jobs are sent by name only after commit, dropped on rollback, and idempotent."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import func, select
+
+from backend.celeryconf import TASK_REGISTER_MODEL
+from backend.db.models import Job
+from backend.jobs.enqueue import celery_client
+from backend.jobs.service import enqueue_job
+
+
+def queued_messages(queue: str = "cpu") -> int:
+    with celery_client().connection_for_write() as conn:
+        return int(conn.default_channel.queue_declare(queue, passive=False).message_count)
+
+
+def purge(queue: str = "cpu") -> None:
+    with celery_client().connection_for_write() as conn:
+        conn.default_channel.queue_purge(queue)
+
+
+@pytest.fixture
+def empty_queue(settings):  # type: ignore[no-untyped-def]
+    purge()
+    yield
+    purge()
+
+
+def _enqueue(session, n: int = 1) -> Job:  # type: ignore[no-untyped-def]
+    return enqueue_job(
+        session,
+        kind="register_model",
+        task_name=TASK_REGISTER_MODEL,
+        params={"model_id": n},
+        queue="cpu",
+    )
+
+
+def test_message_is_sent_only_after_commit(session, empty_queue) -> None:
+    _enqueue(session)
+    session.flush()
+    assert queued_messages() == 0
+    session.commit()
+    assert queued_messages() == 1
+
+
+def test_message_is_dropped_on_rollback(session, empty_queue) -> None:
+    _enqueue(session)
+    session.flush()
+    session.rollback()
+    session.commit()  # nothing pending survives the rollback
+    assert queued_messages() == 0
+    assert session.scalar(select(func.count(Job.id))) == 0
+
+
+def test_enqueue_is_idempotent_and_revives_failed_jobs(session, empty_queue) -> None:
+    a = _enqueue(session)
+    session.commit()
+    b = _enqueue(session)
+    session.commit()
+    assert a.id == b.id and queued_messages() == 1
+    b.state = "failed"
+    b.error = "boom"
+    session.commit()
+    c = _enqueue(session)
+    session.commit()
+    assert c.id == a.id and c.state == "queued" and c.error is None
+    assert queued_messages() == 2

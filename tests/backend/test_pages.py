@@ -1,0 +1,79 @@
+from __future__ import annotations
+
+from bs4 import BeautifulSoup
+
+from backend.storage import make_store
+from tests.factories import make_artifact, make_layer, make_model
+
+HTML = {"Accept": "text/html"}
+
+
+def soup(r) -> BeautifulSoup:  # type: ignore[no-untyped-def]
+    assert r.headers["content-type"].startswith("text/html")
+    return BeautifulSoup(r.text, "html.parser")
+
+
+def test_home_lists_models_and_marks_random_init(client, session) -> None:
+    make_model(session, "tiny")
+    session.commit()
+    page = soup(client.get("/", headers=HTML))
+    cards = page.select(".cards .card")
+    assert len(cards) == 1
+    assert cards[0].h2.text == "tiny"
+    assert "random init" in cards[0].text
+
+
+def test_model_layer_unit_navigation(client, session, settings) -> None:
+    m = make_model(session, "tiny")
+    layer = make_layer(session, m, "blocks.1", units=130)
+    make_artifact(session, make_store(settings), m, layer, 5)
+    session.commit()
+    model_page = soup(client.get("/models/tiny", headers=HTML))
+    links = [a["href"] for a in model_page.select(".layer-diagram a")]
+    assert links == ["/models/tiny/blocks.1"]
+
+    grid = soup(client.get("/models/tiny/blocks.1", headers=HTML))
+    cells = grid.select(".unit-grid .unit-cell a")
+    assert len(cells) == 96 and cells[5]["href"] == "/models/tiny/blocks.1/5"
+    thumbs = grid.select(".unit-grid img")
+    assert len(thumbs) == 1 and thumbs[0]["alt"]
+
+    # htmx asks for the next page and gets only the fragment
+    frag = client.get("/models/tiny/blocks.1?offset=96", headers={"HX-Request": "true"})
+    fs = soup(frag)
+    assert fs.find("html") is None
+    assert [a["href"] for a in fs.select(".unit-cell a")][0] == "/models/tiny/blocks.1/96"
+
+    unit = soup(client.get("/models/tiny/blocks.1/5", headers=HTML))
+    assert "Unit 5" in unit.h1.text
+    assert unit.select_one("a[rel=prev]")["href"] == "/models/tiny/blocks.1/4"
+    assert unit.select_one("a[rel=next]")["href"] == "/models/tiny/blocks.1/6"
+    img = unit.select_one(".view img")
+    assert img["src"].startswith("/objects/tiny/blocks.1/5/featvis-") and img["alt"]
+
+
+def test_unknown_pages_render_a_404_page(client, session) -> None:
+    make_model(session, "tiny")
+    session.commit()
+    for url in ["/models/nope", "/models/tiny/nolayer", "/models/tiny/nolayer/3"]:
+        r = client.get(url, headers=HTML)
+        assert r.status_code == 404
+        assert "unknown" in soup(r).select_one(".error").text
+
+
+def test_templates_autoescape(client, session) -> None:
+    m = make_model(session, "tiny")
+    m.error = "<script>alert(1)</script>"
+    session.commit()
+    r = client.get("/", headers=HTML)
+    assert "<script>alert(1)</script>" not in r.text
+    assert "&lt;script&gt;" in r.text
+
+
+def test_progress_fragment_polls_while_jobs_run(client, admin) -> None:
+    assert client.get("/partials/progress").text.strip() == ""
+    client.post("/api/v1/models", json={"spec": "timm:resnet18"}, headers=admin)
+    frag = soup(client.get("/partials/progress"))
+    section = frag.select_one("section.progress")
+    assert section["hx-trigger"] == "every 2s"
+    assert "register model" in section.text

@@ -1,0 +1,92 @@
+"""Dataset-example images: receptive-field crops, activation heatmaps, WebP bytes.
+
+Every function takes the model-view image (the S x S resized and centre-cropped input the
+model saw), so unit-map positions and receptive-field boxes map onto it directly.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageDraw
+
+Box = tuple[int, int, int, int]  # (top, left, bottom, right), bottom/right exclusive
+
+# Viridis at 11 evenly spaced stops (matplotlib's values), interpolated to 256 entries below;
+# a tiny LUT keeps matplotlib out of the worker's dependencies.
+_VIRIDIS_STOPS = np.array(
+    [
+        [0.267004, 0.004874, 0.329415],
+        [0.282623, 0.140926, 0.457517],
+        [0.253935, 0.265254, 0.529983],
+        [0.206756, 0.371758, 0.553117],
+        [0.163625, 0.471133, 0.558148],
+        [0.127568, 0.566949, 0.550556],
+        [0.134692, 0.658636, 0.517649],
+        [0.266941, 0.748751, 0.440573],
+        [0.477504, 0.821444, 0.318195],
+        [0.741388, 0.873449, 0.149561],
+        [0.993248, 0.906157, 0.143936],
+    ]
+)
+
+
+def _viridis_lut() -> np.ndarray:
+    """(256, 3) uint8 viridis colours."""
+    t = np.linspace(0.0, 1.0, 256)
+    stops = np.linspace(0.0, 1.0, len(_VIRIDIS_STOPS))
+    rgb = np.stack([np.interp(t, stops, _VIRIDIS_STOPS[:, c]) for c in range(3)], axis=1)
+    return np.round(rgb * 255).astype(np.uint8)
+
+
+VIRIDIS = _viridis_lut()
+
+
+def crop_example(img: Image.Image, box: Box, min_side: int = 0) -> Image.Image:
+    """The box (top, left, bottom, right) of the model-view image, upscaled to ``min_side``."""
+    top, left, bottom, right = box
+    if not (0 <= top < bottom <= img.height and 0 <= left < right <= img.width):
+        raise ValueError(f"box {box} is empty or outside the {img.width}x{img.height} image")
+    crop = img.crop((left, top, right, bottom))
+    short = min(crop.width, crop.height)
+    if min_side and short < min_side:
+        # Early layers have fields of a few pixels: enlarge with hard edges so pixels stay visible.
+        scale = min_side / short
+        size = (round(crop.width * scale), round(crop.height * scale))
+        crop = crop.resize(size, Image.Resampling.NEAREST)
+    return crop
+
+
+def colorize(values: np.ndarray) -> np.ndarray:
+    """Viridis RGB (H, W, 3) uint8 for values (H, W) in [0, 1]."""
+    idx = np.clip(np.round(values * 255), 0, 255).astype(np.int64)
+    return VIRIDIS[idx]
+
+
+def heatmap_overlay(
+    img: Image.Image, unit_map: torch.Tensor, box: Box | None = None, alpha: float = 0.5
+) -> Image.Image:
+    """The unit's map (H, W) upsampled onto the image in viridis, blended; box outlined."""
+    if unit_map.dim() != 2:
+        raise ValueError(f"expected an (H, W) unit map, got shape {tuple(unit_map.shape)}")
+    m = unit_map.detach().to("cpu", torch.float32)[None, None]  # (1, 1, H, W)
+    up = F.interpolate(m, size=(img.height, img.width), mode="bilinear", align_corners=False)
+    up = up[0, 0]  # (S, S)
+    lo, hi = float(up.min()), float(up.max())
+    norm = (up - lo) / (hi - lo) if hi > lo else torch.zeros_like(up)  # (S, S) in [0, 1]
+    heat = Image.fromarray(colorize(norm.numpy()))
+    out = Image.blend(img.convert("RGB"), heat, alpha)
+    if box is not None:
+        top, left, bottom, right = box
+        ImageDraw.Draw(out).rectangle((left, top, right - 1, bottom - 1), outline=(255, 255, 255))
+    return out
+
+
+def to_webp_bytes(img: Image.Image, quality: int = 80) -> bytes:
+    """The image encoded as WebP."""
+    buf = io.BytesIO()
+    img.save(buf, format="WEBP", quality=quality, method=4)
+    return buf.getvalue()
