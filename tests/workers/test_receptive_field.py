@@ -67,7 +67,11 @@ def pool_stack() -> nn.Module:
             "0",
             RF(3, 5, 1, 2, -1, -2),
         ),
-        (nn.Sequential(nn.Conv2d(3, 2, 3, padding=2, dilation=2)).eval(), "0", RF(5, 5, 1, 1, -2, -2)),
+        (
+            nn.Sequential(nn.Conv2d(3, 2, 3, padding=2, dilation=2)).eval(),
+            "0",
+            RF(5, 5, 1, 1, -2, -2),
+        ),
     ],
 )
 def test_receptive_field_equals_analytic(model, path, expected):

@@ -19,6 +19,10 @@ class TransientError(Exception):
     """An error worth retrying (a lost connection, a busy database)."""
 
 
+class Waiting(TransientError):
+    """The job's inputs are not ready yet (a model still registering, say): retry later."""
+
+
 @dataclass
 class Progress:
     """Writes progress to the jobs table in its own short transactions, at most every 0.5 s."""
@@ -82,8 +86,8 @@ def run_job(
             job = s.get(Job, job_id)
             assert job is not None
             message = work(s, job, progress)
-    except TransientError:
-        _set(db_url, job_id, state="queued", message="transient error; retrying")
+    except TransientError as e:
+        _set(db_url, job_id, state="queued", message=str(e) or "transient error; retrying")
         raise
     except Exception as e:
         if on_failure is not None:

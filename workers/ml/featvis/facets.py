@@ -63,7 +63,9 @@ def prepare_images(images: Sequence[Image.Image], preprocess: object) -> torch.T
     for im in images:
         im = im.convert("RGB")
         k = max(h / im.height, w / im.width)
-        im = im.resize((max(w, round(im.width * k)), max(h, round(im.height * k))), Image.BILINEAR)
+        im = im.resize(
+            (max(w, round(im.width * k)), max(h, round(im.height * k))), Image.Resampling.BILINEAR
+        )
         left, top = (im.width - w) // 2, (im.height - h) // 2
         out.append(im.crop((left, top, left + w, top + h)))
     return from_pil(out)  # (N, 3, H, W)

