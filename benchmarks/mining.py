@@ -80,8 +80,7 @@ def mined_layers(loaded: LoadedModel) -> dict[str, Layout]:
     rest = [info for info in infos if not info.default]
     while len(chosen) < MIN_LAYERS and rest:
         chosen.append(rest.pop(len(rest) // 2))
-    order = {info.module_path: n for n, info in enumerate(infos)}
-    chosen.sort(key=lambda info: order[info.module_path])
+    chosen.sort(key=lambda info: info.order)
     return {info.module_path: info.layout for info in chosen}
 
 

@@ -7,6 +7,7 @@ from fastapi.responses import HTMLResponse
 
 from backend.catalog import service
 from backend.catalog.repository import CatalogRepository
+from backend.catalog.views import VIEW_TITLES, examples_view, group_views
 from backend.deps import SessionDep
 from backend.jobs.repository import JobRepository
 from backend.templating import is_htmx, templates
@@ -52,8 +53,11 @@ def unit_page(
     view: str | None = Query(None, description="which tab opens"),
 ) -> HTMLResponse:
     v = service.unit_view(session, model, layer, unit)
-    kinds = list(v.by_kind)
-    active = view if view in kinds else (kinds[0] if kinds else None)
+    views = group_views(v.by_kind)
+    active = view if view in views else next(iter(views), None)
+    examples = None
+    if active == "examples":
+        examples = examples_view(session, request.app.state.store, views["examples"])
     return templates.TemplateResponse(
         request,
         "unit.html",
@@ -61,8 +65,11 @@ def unit_page(
             "model": service.model_out(v.model),
             "layer": service.layer_out(v.model, v.layer),
             "unit": v.out,
-            "by_kind": v.by_kind,
+            "views": views,
+            "titles": VIEW_TITLES,
             "active": active,
+            "examples": examples,
+            "heatmap": request.query_params.get("heatmap") == "1",
         },
     )
 

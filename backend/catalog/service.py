@@ -175,9 +175,10 @@ def list_units(
     repo = CatalogRepository(session)
     units = repo.list_units(layer.id, offset=offset, limit=limit)
     thumbs: dict[int, str] = {}
-    for kind in ("featvis", "example_crop"):
+    # Grid thumbnails: the feature visualization where there is one, else the top example.
+    for kind, variant in (("featvis", "channel"), ("example_crop", "thumb")):
         for a in repo.layer_artifacts(layer.id, kind, [u.index for u in units]):
-            if a.unit_index is not None and a.unit_index not in thumbs:
+            if a.variant == variant and a.unit_index is not None and a.unit_index not in thumbs:
                 thumbs[a.unit_index] = urls.object_url(a.storage_key)
     return [
         {

@@ -46,8 +46,8 @@ def test_model_layer_unit_navigation(client, session, settings) -> None:
 
     unit = soup(client.get("/models/tiny/blocks.1/5", headers=HTML))
     assert "Unit 5" in unit.h1.text
-    assert unit.select_one("a[rel=prev]")["href"] == "/models/tiny/blocks.1/4"
-    assert unit.select_one("a[rel=next]")["href"] == "/models/tiny/blocks.1/6"
+    assert unit.select_one("a[rel=prev]")["href"] == "/models/tiny/blocks.1/4?view=featvis"
+    assert unit.select_one("a[rel=next]")["href"] == "/models/tiny/blocks.1/6?view=featvis"
     img = unit.select_one(".view img")
     assert img["src"].startswith("/objects/tiny/blocks.1/5/featvis-") and img["alt"]
 

@@ -1,0 +1,114 @@
+"""What each tab of the unit page shows, built from the unit's artifacts."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from backend import urls
+from backend.catalog.schemas import ArtifactOut
+from backend.db.models import Image
+from backend.storage import NotFound, ObjectStore
+
+# Artifact kind -> the tab that shows it, in tab order.
+VIEW_OF_KIND = {
+    "featvis": "featvis",
+    "dataset_examples": "examples",
+    "example_crop": "examples",
+    "example_heatmap": "examples",
+    "text_fv": "text",
+    "rendered_words": "text",
+    "weights_nmf": "weights",
+    "weights_svd": "weights",
+}
+VIEW_TITLES = {
+    "featvis": "Feature visualization",
+    "examples": "Dataset examples",
+    "text": "Text",
+    "weights": "Weights",
+    "other": "Other",
+}
+
+
+def group_views(by_kind: dict[str, list[ArtifactOut]]) -> dict[str, dict[str, list[ArtifactOut]]]:
+    """view -> kind -> artifacts, views in a fixed order."""
+    views: dict[str, dict[str, list[ArtifactOut]]] = {}
+    for view in VIEW_TITLES:
+        for kind, arts in by_kind.items():
+            if VIEW_OF_KIND.get(kind, "other") == view:
+                views.setdefault(view, {})[kind] = arts
+    return views
+
+
+def _key(url: str) -> str:
+    return url.removeprefix("/objects/")
+
+
+def histogram_bars(
+    hist: dict[str, Any], width: int = 320, height: int = 80
+) -> list[dict[str, float]]:
+    """SVG rectangles for a histogram {lo, hi, counts}."""
+    counts = hist.get("counts") or []
+    if not counts:
+        return []
+    top = max(counts) or 1
+    w = width / len(counts)
+    return [
+        {
+            "x": i * w,
+            "w": max(w - 1, 1),
+            "h": height * c / top,
+            "y": height - height * c / top,
+            "c": c,
+        }
+        for i, c in enumerate(counts)
+    ]
+
+
+def examples_view(
+    session: Session, store: ObjectStore, arts: dict[str, list[ArtifactOut]]
+) -> dict[str, Any] | None:
+    """Sheets (crops and heatmaps), the quantile strata as thumbnails, the histogram."""
+    index = (arts.get("dataset_examples") or [None])[0]
+    if index is None:
+        return None
+    try:
+        data = json.loads(store.get(_key(index.url)))
+    except (NotFound, ValueError):
+        return None
+    sheets: dict[str, dict[str, str]] = {}
+    for kind in ("example_crop", "example_heatmap"):
+        for a in arts.get(kind, []):
+            sheets.setdefault(a.variant, {})[kind] = a.url
+    strata_ids = {i for s in data.get("strata", []) for i in s.get("image_ids", [])}
+    thumbs: dict[int, str] = {}
+    if strata_ids:
+        rows = session.execute(
+            select(Image.id, Image.thumb_key).where(Image.id.in_(strata_ids))
+        ).all()
+        thumbs = {i: urls.object_url(k) for i, k in rows if k}
+    strata = [
+        {
+            "lo": s["lo"],
+            "hi": s["hi"],
+            "images": [
+                {"id": i, "score": sc, "thumb": thumbs.get(i)}
+                for i, sc in zip(s["image_ids"], s["scores"], strict=False)
+            ],
+        }
+        for s in data.get("strata", [])
+    ]
+    strata.reverse()  # highest activations first
+    return {
+        "top": data.get("top", []),
+        "negative": data.get("negative"),
+        "sheets": sheets,
+        "strata": strata,
+        "histogram": data.get("histogram", {}),
+        "bars": histogram_bars(data.get("histogram", {})),
+        "stats": data.get("stats", {}),
+        "index_url": index.url,
+    }
