@@ -106,8 +106,10 @@ def test_register_and_import_through_a_real_worker(settings, client, worker, tmp
     last = layers[-1]
     unit = client.get(f"{last['api_url']}/units/{last['unit_count'] - 1}")
     assert unit.status_code == 200
-    page = client.get(last["url"], headers={"Accept": "text/html"})
-    assert page.status_code == 200 and f"/{last['unit_count'] - 1}" in page.text
+    grid = client.get(last["url"], headers={"Accept": "text/html"})
+    assert grid.status_code == 200 and f'href="{last["url"]}/95"' in grid.text
+    page = client.get(f"{last['url']}/{last['unit_count'] - 1}", headers={"Accept": "text/html"})
+    assert page.status_code == 200 and f"Unit {last['unit_count'] - 1}" in page.text
 
     dataset = client.get("/api/v1/datasets/photos").json()
     assert dataset["state"] == "ready"
