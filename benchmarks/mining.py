@@ -26,7 +26,7 @@ from PIL import Image
 
 from workers.ml.hooks import Layout, capture, to_unit_maps
 from workers.ml.layers import enumerate_layers
-from workers.ml.mining import LayerReducer, Miner
+from workers.ml.mining import Miner
 from workers.ml.models import LoadedModel, PreprocessConfig, load_model
 from workers.ml.preprocess import to_batch
 
@@ -84,37 +84,58 @@ def mined_layers(loaded: LoadedModel) -> dict[str, Layout]:
     return {info.module_path: info.layout for info in chosen}
 
 
-def run_raw(model: torch.nn.Module, data: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
-    with torch.inference_mode():
-        for x, _ in data:
+class Naive:
+    """Every activation to numpy, all kept; per-unit max/argmax and a full sort at the end."""
+
+    def __init__(self, layers: dict[str, Layout], k: int = 64) -> None:
+        self.layers = layers
+        self.k = k
+        self.kept: dict[str, list[np.ndarray]] = {p: [] for p in layers}
+
+    def update(self, model: torch.nn.Module, x: torch.Tensor) -> None:
+        with torch.inference_mode(), capture(model, list(self.layers)) as store:
             model(x)
+            for p, layout in self.layers.items():
+                self.kept[p].append(to_unit_maps(store[p], layout).numpy().copy())
+
+    def finish(self) -> None:
+        for p in self.layers:
+            acts = np.concatenate(self.kept[p])  # (N, U, H, W)
+            flat = acts.reshape(acts.shape[0], acts.shape[1], -1)  # (N, U, HW)
+            scores = flat.max(axis=2)  # (N, U)
+            flat.argmax(axis=2)  # (N, U) positions
+            np.argsort(-scores, axis=0, kind="stable")[: self.k]  # (k, U)
 
 
-def run_ours(model, data, layers: dict[str, Layout]) -> dict[str, LayerReducer]:
-    return Miner(layers).run(model, data)
+def compare(
+    model: torch.nn.Module, data: list[tuple[torch.Tensor, torch.Tensor]], layers: dict[str, Layout]
+) -> tuple[float, float, float]:
+    """Seconds spent by raw, ours and naive over the data.
 
-
-def run_naive(model, data, layers: dict[str, Layout], k: int = 64) -> None:
-    """Every activation to numpy, kept; per unit max/argmax and a full sort at the end."""
-    kept: dict[str, list[np.ndarray]] = {p: [] for p in layers}
-    with torch.inference_mode():
-        for x, _ in data:
-            with capture(model, list(layers)) as store:
-                model(x)
-            for p, layout in layers.items():
-                kept[p].append(to_unit_maps(store[p], layout).numpy().copy())
-    for p in layers:
-        acts = np.concatenate(kept[p])  # (N, U, H, W)
-        flat = acts.reshape(acts.shape[0], acts.shape[1], -1)  # (N, U, HW)
-        scores = flat.max(axis=2)  # (N, U)
-        flat.argmax(axis=2)
-        np.argsort(-scores, axis=0, kind="stable")[:k]  # (k, U)
-
-
-def timed(fn, *args) -> float:
+    The three run interleaved batch by batch, so load from other processes sharing the CPU
+    falls on all of them alike instead of on whichever ran during a busy spell.
+    """
+    miner, naive = Miner(layers), Naive(layers)
+    t = {"raw": 0.0, "ours": 0.0, "naive": 0.0}
+    for x, ids in data:
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            model(x)
+        t1 = time.perf_counter()
+        miner.update(model, x, ids)
+        t2 = time.perf_counter()
+        naive.update(model, x)
+        t3 = time.perf_counter()
+        t["raw"] += t1 - t0
+        t["ours"] += t2 - t1
+        t["naive"] += t3 - t2
     t0 = time.perf_counter()
-    fn(*args)
-    return time.perf_counter() - t0
+    for reducer in miner.reducers.values():
+        reducer.finalize()
+    t1 = time.perf_counter()
+    naive.finish()
+    t2 = time.perf_counter()
+    return t["raw"], t["ours"] + (t1 - t0), t["naive"] + (t2 - t1)
 
 
 def child_peak_rss(n: int) -> float:
@@ -153,15 +174,12 @@ def main() -> None:
     layers = mined_layers(loaded)
     photos = source_photos()
     data = list(lazy_batches(photos, n, loaded.preprocess))  # the same tensors for all methods
-    warm = data[:1]
-    run_raw(model, warm)
-    units = sum(r.state.unit_count for r in run_ours(model, warm, layers).values() if r.state)
+    warm = Miner(layers).run(model, data[:1])  # also warms the plain forward's kernels
+    units = sum(r.state.unit_count for r in warm.values() if r.state)
     print(f"model {loaded.spec}: {len(layers)} layers, {units} units: {', '.join(layers)}")
     print(f"{n} images from {len(photos)} photos, batch {BATCH}, {THREADS} threads")
 
-    raw_s = timed(run_raw, model, data)
-    ours_s = timed(run_ours, model, data, layers)
-    naive_s = timed(run_naive, model, data, layers)
+    raw_s, ours_s, naive_s = compare(model, data, layers)
     del data
     result = {
         "bench": "mining",

@@ -39,9 +39,7 @@ def list_images(root: Path) -> list[Path]:
 
 def _scale_to_uint8(a: np.ndarray, mode: str) -> np.ndarray:
     """Map a high-bit-depth single-channel array onto 0..255 without clipping."""
-    if mode.startswith("I;16") or (
-        mode == "I" and a.size and a.min() >= 0 and a.max() <= 65535
-    ):
+    if mode.startswith("I;16") or (mode == "I" and a.size and a.min() >= 0 and a.max() <= 65535):
         # Full 16-bit range onto 8 bits: 65535 -> 255, rounded (x * 255 / 65535).
         return ((a.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
     f = a.astype(np.float64)
@@ -64,9 +62,7 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     mode = img.mode
     if mode == "RGB":
         return img
-    if mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
-        mode == "P" and "transparency" in img.info
-    ):
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La") or (mode == "P" and "transparency" in img.info):
         return _composite(img)
     if mode.startswith("I") or mode == "F":
         gray = _scale_to_uint8(np.asarray(img), mode)
@@ -81,7 +77,9 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")  # L, 1, P, CMYK, YCbCr, LAB, HSV
 
 
-def load_rgb(path_or_bytes: str | Path | bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+def load_rgb(
+    path_or_bytes: str | Path | bytes, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> Image.Image:
     """Fully decode an image (first frame) to RGB; BadImage for anything unusable."""
     data = path_or_bytes
     if isinstance(data, (bytes, bytearray, memoryview)):

@@ -10,6 +10,7 @@ from PIL import Image
 
 from workers.ml.models import PreprocessConfig
 
+
 def scale_size(cfg: PreprocessConfig) -> int:
     """Length of the shorter side after resizing, before the center crop (timm's rule)."""
     return math.floor(cfg.input_size / cfg.crop_pct)
