@@ -378,3 +378,7 @@ def jobs(state: Annotated[str | None, typer.Option(help="filter by state")] = No
     s = _settings()
     _migrate(s)
     _print_jobs(s, state)
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,62 @@
+"""The `microscope` command line."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from backend.cli import app
+
+ROOT = Path(__file__).resolve().parent.parent
+runner = CliRunner()
+
+
+def test_models_add_queues_registration_and_rejects_bad_specs(settings) -> None:
+    ok = runner.invoke(app, ["models", "add", "timm:resnet18"])
+    assert ok.exit_code == 0, ok.output
+    assert "resnet18-random" in ok.output and "job #" in ok.output
+    bad = runner.invoke(app, ["models", "add", "hub:whatever"])
+    assert bad.exit_code == 2
+    jobs = runner.invoke(app, ["jobs"])
+    assert jobs.exit_code == 0 and "register_model" in jobs.output
+
+
+def test_datasets_add_rejects_a_missing_folder(settings, tmp_path: Path) -> None:
+    r = runner.invoke(app, ["datasets", "add", str(tmp_path / "nope")])
+    assert r.exit_code == 2
+    assert "does not exist" in " ".join(r.output.split())
+
+
+def test_models_inspect_prints_layers_without_registering(settings) -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "backend.cli", "models", "inspect", "default", "--json"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr
+    info = json.loads(out.stdout)
+    assert info["family"] == "efficientnet" and info["pretrained"] is True
+    names = [x["name"] for x in info["layers"]]
+    assert "blocks.3" in names and "conv_head" in names
+    assert {x["name"]: x["unit_count"] for x in info["layers"]}["conv_head"] == 1280
+    listed = runner.invoke(app, ["models", "list"])
+    assert "efficientnet" not in listed.output  # nothing was registered
+
+
+def test_inspect_reports_an_unreachable_hub_clearly(settings) -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "backend.cli", "models", "inspect", "timm:resnet18@a1_in1k"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+        env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"},
+    )
+    assert out.returncode == 2
+    assert "local checkpoint" in out.stderr or "safetensors" in out.stderr
