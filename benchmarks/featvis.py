@@ -98,6 +98,7 @@ def lucent_worker(args: argparse.Namespace) -> None:
         )
         seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
         out.append({"layer": path, "unit": int(unit), "seconds": seconds, "cpu": cpu})
+        print(f"lucent render {path}:{unit} {seconds:.1f} s", flush=True)
         np.save(Path(args.out) / f"{path}_{unit}.npy", images[-1][0])  # (128, 128, 3) in [0,1]
     (Path(args.out) / "lucent.json").write_text(json.dumps(out))
 

@@ -10,7 +10,6 @@ import io
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
 Box = tuple[int, int, int, int]  # (top, left, bottom, right), bottom/right exclusive
@@ -72,12 +71,15 @@ def heatmap_overlay(
     """The unit's map (H, W) upsampled onto the image in viridis, blended; box outlined."""
     if unit_map.dim() != 2:
         raise ValueError(f"expected an (H, W) unit map, got shape {tuple(unit_map.shape)}")
-    m = unit_map.detach().to("cpu", torch.float32)[None, None]  # (1, 1, H, W)
-    up = F.interpolate(m, size=(img.height, img.width), mode="bilinear", align_corners=False)
-    up = up[0, 0]  # (S, S)
-    lo, hi = float(up.min()), float(up.max())
-    norm = (up - lo) / (hi - lo) if hi > lo else torch.zeros_like(up)  # (S, S) in [0, 1]
-    heat = Image.fromarray(colorize(norm.numpy()))
+    m = unit_map.detach().to("cpu", torch.float32).numpy()  # (H, W)
+    lo, hi = float(m.min()), float(m.max())
+    norm = (m - lo) / (hi - lo) if hi > lo else np.zeros_like(m)  # (H, W) in [0, 1]
+    # Pillow's bilinear resize of a float image: one C call, no torch thread pool to wake for
+    # a 224 x 224 map (thousands of these run per layer).
+    up = Image.fromarray(norm.astype(np.float32)).resize(
+        (img.width, img.height), Image.Resampling.BILINEAR
+    )
+    heat = Image.fromarray(colorize(np.asarray(up)))  # (S, S, 3)
     out = Image.blend(img.convert("RGB"), heat, alpha)
     if box is not None:
         top, left, bottom, right = box

@@ -43,16 +43,29 @@ def model_view(img: PILImage.Image, cfg: Any) -> PILImage.Image:
     return img.resize((s, s), PILImage.Resampling.BICUBIC, box=(left, top, right, bottom))
 
 
+def fit(tile: PILImage.Image, cell: int) -> PILImage.Image:
+    """One resize to cell x cell: hard-edged when enlarging tiny receptive fields."""
+    if tile.size == (cell, cell):
+        return tile
+    if max(tile.size) < cell:
+        return tile.resize((cell, cell), PILImage.Resampling.NEAREST)
+    return tile.resize((cell, cell), PILImage.Resampling.BILINEAR, reducing_gap=2.0)
+
+
 def sheet(tiles: list[PILImage.Image], cols: int = 4, cell: int = CELL) -> PILImage.Image:
     """Tiles (resized to cell x cell) on a grid, row-major."""
     rows = max(1, (len(tiles) + cols - 1) // cols)
     out = PILImage.new("RGB", (cols * cell, rows * cell), (24, 24, 24))
     for i, t in enumerate(tiles):
-        out.paste(
-            t.resize((cell, cell), PILImage.Resampling.LANCZOS),
-            ((i % cols) * cell, (i // cols) * cell),
-        )
+        out.paste(fit(t, cell), ((i % cols) * cell, (i // cols) * cell))
     return out
+
+
+def jpeg(img: PILImage.Image, quality: int = 85) -> bytes:
+    """JPEG bytes: encodes several times faster than WebP (measured), and sheets are photos."""
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()
 
 
 def _check_inputs(model: Model | None, ds: Dataset | None) -> None:
@@ -184,7 +197,7 @@ def mine(session: Session, job: Job, progress: Progress) -> str:
 
     # 3. Render and publish, one unit at a time.
     from workers.ml.receptive_field import receptive_field
-    from workers.ml.render import crop_example, heatmap_overlay, to_webp_bytes
+    from workers.ml.render import crop_example, heatmap_overlay
 
     s = cfg.input_size
     published = 0
@@ -208,11 +221,11 @@ def mine(session: Session, job: Job, progress: Progress) -> str:
                 for e in shown:
                     view = views[e["image_id"]]
                     box = tuple(e["box"])
-                    crops.append(crop_example(view, box, min_side=CELL))
+                    crops.append(crop_example(view, box))
                     heat = heatmap_overlay(
                         view, unit_maps[(layer.module_path, u, e["image_id"])], box
                     )
-                    heats.append(crop_example(heat, box, min_side=CELL))
+                    heats.append(crop_example(heat, box))
                 for kind, tiles in (("example_crop", crops), ("example_heatmap", heats)):
                     publish(
                         session,
@@ -223,13 +236,12 @@ def mine(session: Session, job: Job, progress: Progress) -> str:
                         kind=kind,
                         variant=group,
                         params=params,
-                        data=to_webp_bytes(sheet(tiles)),
-                        ext="webp",
-                        content_type="image/webp",
+                        data=jpeg(sheet(tiles)),
+                        ext="jpg",
+                        content_type="image/jpeg",
                         meta={"cols": 4, "cell": CELL, "image_ids": [e["image_id"] for e in shown]},
                     )
                 if group == "top":
-                    thumb = crops[0].resize((96, 96), PILImage.Resampling.LANCZOS)
                     publish(
                         session,
                         store,
@@ -239,9 +251,9 @@ def mine(session: Session, job: Job, progress: Progress) -> str:
                         kind="example_crop",
                         variant="thumb",
                         params=params,
-                        data=to_webp_bytes(thumb),
-                        ext="webp",
-                        content_type="image/webp",
+                        data=jpeg(fit(crops[0], 96)),
+                        ext="jpg",
+                        content_type="image/jpeg",
                         meta={"image_id": shown[0]["image_id"]},
                     )
             info["input_size"] = s
@@ -260,7 +272,7 @@ def mine(session: Session, job: Job, progress: Progress) -> str:
                 meta={"stats": info["stats"]},
             )
             published += 1
-            if published % 64 == 0:
+            if published % 16 == 0:
                 session.commit()
                 progress(n + published, work, f"rendered {published}/{total_units} units")
     return f"{n} images, {published} units across {len(layers)} layers"
