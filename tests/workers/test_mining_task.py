@@ -1,0 +1,143 @@
+"""The dataset-examples task end to end in-process: real database, real store, real model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from sqlalchemy import func, select, update
+
+from backend.catalog.service import add_model
+from backend.datasets.service import add_dataset
+from backend.db.models import Artifact, Dataset, Job, Layer, Model
+from backend.db.models import Image as ImageRow
+from backend.db.session import session_scope
+from backend.precompute import queue_precompute
+from backend.storage import make_store
+from workers.ml.hooks import Layout, run_to, to_unit_maps
+from workers.ml.images import load_rgb
+from workers.ml.models import load_model
+from workers.ml.preprocess import to_batch
+from workers.ml.receptive_field import position_center
+from workers.tasks.catalog import register
+from workers.tasks.datasets import import_folder
+from workers.tasks.jobrun import Waiting, run_job
+from workers.tasks.mining import K, mine
+
+SPEC = "timm:test_efficientnet"
+LAYERS = ("blocks.0", "blocks.2")
+
+
+def photos(root: Path, n: int = 14) -> Path:
+    rng = np.random.default_rng(0)
+    folder = root / "imgs"
+    folder.mkdir()
+    for i in range(n):
+        size = (int(rng.integers(90, 260)), int(rng.integers(90, 260)))  # some smaller than 160
+        arr = rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)
+        arr[:: 1 + i % 5, :, i % 3] = 255  # stripes of different frequencies and colours
+        Image.fromarray(arr).save(folder / f"img{i:02d}.png")
+    (folder / "corrupt.jpg").write_bytes(b"\xff\xd8\xff garbage")
+    return folder
+
+
+@pytest.fixture
+def mined(settings, tmp_path):  # type: ignore[no-untyped-def]
+    url = settings.database_url
+    with session_scope(url) as s:
+        ds, ds_job = add_dataset(s, str(photos(tmp_path)), "imgs")
+        m, m_job = add_model(s, SPEC)
+        s.info.clear()  # run in-process, not through the broker
+        ids = (ds.id, m.id, ds_job.id, m_job.id)
+    ds_id, model_id, ds_job_id, m_job_id = ids
+    with session_scope(url) as s:
+        job = queue_precompute(s, s.get(Model, model_id), s.get(Dataset, ds_id))[0]
+        s.info.clear()
+        mine_job = job.id
+    with pytest.raises(Waiting):  # the model is not registered yet
+        run_job(mine_job, mine)
+    assert run_job(ds_job_id, import_folder) == "succeeded"
+    assert run_job(m_job_id, register) == "succeeded"
+    with session_scope(url) as s:
+        # Keep the test quick: mine two of the default layers.
+        s.execute(
+            update(Layer)
+            .where(Layer.model_id == model_id, Layer.name.not_in(LAYERS))
+            .values(is_default=False)
+        )
+    assert run_job(mine_job, mine) == "succeeded"
+    return model_id, ds_id, mine_job
+
+
+def brute_force(url: str, ds_id: int, path: str) -> tuple[list[int], torch.Tensor, torch.Tensor]:
+    loaded = load_model(SPEC)
+    with session_scope(url) as s:
+        rows = s.execute(
+            select(ImageRow.id, ImageRow.path)
+            .where(ImageRow.dataset_id == ds_id)
+            .order_by(ImageRow.position)
+        ).all()
+        source = s.get(Dataset, ds_id).source
+    x = to_batch([load_rgb(Path(source) / p) for _, p in rows], loaded.preprocess)
+    with torch.inference_mode():
+        maps = to_unit_maps(run_to(loaded.image_model, x, [path])[path], Layout("nchw"))
+    return [r[0] for r in rows], maps.flatten(2).max(-1).values, maps  # (N, U), (N, U, H, W)
+
+
+def test_mining_publishes_exact_examples_for_every_unit(settings, mined) -> None:
+    model_id, ds_id, _ = mined
+    url = settings.database_url
+    store = make_store(settings)
+    with session_scope(url) as s:
+        layer = s.scalar(select(Layer).where(Layer.model_id == model_id, Layer.name == "blocks.2"))
+        units, name = layer.unit_count, layer.name
+        arts = s.scalars(select(Artifact).where(Artifact.layer_id == layer.id)).all()
+        kinds = {(a.unit_index, a.kind, a.variant) for a in arts}
+        index = {a.unit_index: a.storage_key for a in arts if a.kind == "dataset_examples"}
+        assert s.get(Dataset, ds_id).skipped_count == 1
+    for u in range(units):
+        for kv in [
+            ("dataset_examples", ""),
+            ("example_crop", "top"),
+            ("example_crop", "thumb"),
+            ("example_heatmap", "top"),
+        ]:
+            assert (u, *kv) in kinds, (u, kv)
+    ids, scores, maps = brute_force(url, ds_id, name)
+    n = len(ids)
+    for u in range(units):
+        data = json.loads(store.get(index[u]))
+        expect = sorted(range(n), key=lambda i: (-float(scores[i, u]), ids[i]))[: min(K, n)]
+        assert [e["image_id"] for e in data["top"]] == [ids[i] for i in expect]
+        np.testing.assert_allclose(
+            [e["score"] for e in data["top"]],
+            [float(scores[i, u]) for i in expect],
+            rtol=1e-4,
+            atol=1e-5,
+        )
+        grid = tuple(maps.shape[-2:])
+        for e in data["top"]:
+            top, left, bottom, right = e["box"]
+            cy, cx = position_center(e["y"], e["x"], grid, data["input_size"])
+            assert top <= cy < bottom and left <= cx < right  # each crop contains its argmax
+        assert data["stats"]["count"] == n
+
+
+def test_a_rerun_writes_nothing_new(settings, mined) -> None:
+    _, _, job_id = mined
+    store = make_store(settings)
+    url = settings.database_url
+    before_keys = store.list()
+    with session_scope(url) as s:
+        before_rows = s.scalar(select(func.count(Artifact.id)))
+    assert run_job(job_id, mine) == "succeeded"  # a re-delivered message: nothing to do
+    with session_scope(url) as s:
+        s.execute(update(Job).where(Job.id == job_id).values(state="queued"))
+    assert run_job(job_id, mine) == "succeeded"  # recomputed: same keys, rows replaced
+    assert store.list() == before_keys
+    with session_scope(url) as s:
+        assert s.scalar(select(func.count(Artifact.id))) == before_rows
