@@ -329,7 +329,6 @@ def models_inspect(
         err.print(f"[red]error:[/] {e}")
         raise typer.Exit(2) from e
     from workers.ml.layers import inspect_model  # noqa: TID251 - CLI side
-
     from workers.ml.models import ModelLoadError  # noqa: TID251
 
     try:
