@@ -12,11 +12,13 @@ QUEUES = ("gpu", "cpu")
 TASK_REGISTER_MODEL = "microscope.register_model"
 TASK_IMPORT_DATASET = "microscope.import_dataset"
 TASK_MINE_EXAMPLES = "microscope.mine_examples"
+TASK_MINE_SHARD = "microscope.mine_examples_shard"
 # job kind -> task name, used to send unfinished jobs again after a crash.
 TASKS = {
     "register_model": TASK_REGISTER_MODEL,
     "import_dataset": TASK_IMPORT_DATASET,
     "mine_examples": TASK_MINE_EXAMPLES,
+    "mine_shard": TASK_MINE_SHARD,
 }
 
 

@@ -26,7 +26,7 @@ from workers.ml.receptive_field import position_center
 from workers.tasks.catalog import register
 from workers.tasks.datasets import import_folder
 from workers.tasks.jobrun import Waiting, run_job
-from workers.tasks.mining import K, mine
+from workers.tasks.mining import K, mine, mine_shard
 
 SPEC = "timm:test_efficientnet"
 LAYERS = ("blocks.0", "blocks.2")
@@ -46,7 +46,9 @@ def photos(root: Path, n: int = 14) -> Path:
 
 
 @pytest.fixture
-def mined(settings, tmp_path):  # type: ignore[no-untyped-def]
+def mined(settings, tmp_path, monkeypatch):  # type: ignore[no-untyped-def]
+    # Three shards of 5, 5 and 4 images: the merged result must still equal brute force.
+    monkeypatch.setattr("workers.tasks.mining.SHARD_SIZE", 5)
     url = settings.database_url
     with session_scope(url) as s:
         ds, ds_job = add_dataset(s, str(photos(tmp_path)), "imgs")
@@ -69,6 +71,13 @@ def mined(settings, tmp_path):  # type: ignore[no-untyped-def]
             .where(Layer.model_id == model_id, Layer.name.not_in(LAYERS))
             .values(is_default=False)
         )
+    with pytest.raises(Waiting):  # queues one job per shard, then waits for them
+        run_job(mine_job, mine)
+    with session_scope(url) as s:
+        shard_jobs = s.scalars(select(Job.id).where(Job.kind == "mine_shard")).all()
+    assert len(shard_jobs) == 3
+    for j in shard_jobs:
+        assert run_job(j, mine_shard) == "succeeded"
     assert run_job(mine_job, mine) == "succeeded"
     return model_id, ds_id, mine_job
 

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import io
 import json
+import os
 from collections import defaultdict
+from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +21,10 @@ from PIL import Image as PILImage
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from backend.celeryconf import TASK_MINE_EXAMPLES
+from backend.celeryconf import TASK_MINE_EXAMPLES, TASK_MINE_SHARD
 from backend.config import get_settings
 from backend.db.models import Dataset, Image, Job, Layer, Model
+from backend.jobs.service import enqueue_job
 from backend.storage import ObjectStore, make_store, params_hash
 from workers.celery_app import app
 from workers.tasks.artifacts import publish
@@ -32,6 +36,7 @@ CELL = 112  # px per crop on a sheet
 SHARD_SIZE = 512  # images per shard
 BATCH = 32
 MINING_VERSION = 1
+MAX_SHARD_ATTEMPTS = 3
 
 
 def model_view(img: PILImage.Image, cfg: Any) -> PILImage.Image:
@@ -96,17 +101,33 @@ def _load_state(store: ObjectStore, key: str, k: int) -> dict[str, Any]:
     return {p: LayerReducer.from_state_dict(s) for p, s in raw.items()}
 
 
-def mine(session: Session, job: Job, progress: Progress) -> str:
-    """Mine the dataset for every unit of the model's default layers and publish the views."""
-    from workers.ml.device import resolve_device
-    from workers.ml.hooks import Layout
-    from workers.ml.images import load_rgb
-    from workers.ml.mining import Miner, make_loader, merge_layer_states, split_shards
-    from workers.ml.models import load_model
-    from workers.ml.preprocess import to_batch
+@dataclass
+class Plan:
+    """What one mining run covers; the parent job and its shard jobs derive the same plan."""
 
-    model = session.get(Model, job.params["model_id"])
-    ds = session.get(Dataset, job.params["dataset_id"])
+    model: Model
+    ds: Dataset
+    layers: list[Layer]
+    params: dict[str, Any]
+    run_hash: str
+    ids: list[int]
+    paths: dict[int, Path]
+    shards: list[range]
+    keys: list[str]
+
+    @property
+    def layouts(self) -> dict[str, Any]:
+        from workers.ml.hooks import Layout
+
+        return {x.module_path: Layout(**x.layout) for x in self.layers}
+
+
+def make_plan(session: Session, model_id: int, dataset_id: int) -> Plan:
+    """Check the inputs (clear errors before any work) and lay out the shards."""
+    from workers.ml.mining import split_shards
+
+    model = session.get(Model, model_id)
+    ds = session.get(Dataset, dataset_id)
     _check_inputs(model, ds)
     assert model is not None and ds is not None
     layers = list(
@@ -126,42 +147,122 @@ def mine(session: Session, job: Job, progress: Progress) -> str:
         "version": MINING_VERSION,
     }
     run_hash = params_hash({**params, "layers": [x.name for x in layers]})
-    store = make_store(get_settings())
     rows = session.execute(
         select(Image.id, Image.path).where(Image.dataset_id == ds.id).order_by(Image.position)
     ).all()
     ids = [r[0] for r in rows]
+    shards = split_shards(len(ids), SHARD_SIZE)
+    keys = [f"runs/mining/{model.slug}/{run_hash}/shard-{i:05d}.pt" for i in range(len(shards))]
     paths = {r[0]: Path(ds.source) / r[1] for r in rows}
-    total_units = sum(x.unit_count for x in layers)
-    n = len(ids)
-    session.commit()
+    return Plan(model, ds, layers, params, run_hash, ids, paths, shards, keys)
 
-    device = str(resolve_device(get_settings().device))
-    loaded = load_model(model.spec, device=device)
-    net, cfg = loaded.image_model, loaded.preprocess
-    layouts = {x.module_path: Layout(**x.layout) for x in layers}
+
+@lru_cache(maxsize=2)
+def cached_model(spec: str, device: str) -> Any:
+    """Workers keep the last models they loaded: shard after shard reuses them."""
+    from workers.ml.models import load_model
+
+    return load_model(spec, device=device)
+
+
+def _device() -> str:
+    from workers.ml.device import resolve_device
+
+    return str(resolve_device(get_settings().device))
+
+
+def _loader_fn(plan: Plan, cfg: Any) -> Any:
+    from workers.ml.images import load_rgb
+    from workers.ml.preprocess import to_batch
 
     def load(image_id: int) -> torch.Tensor:
-        return to_batch([load_rgb(paths[image_id])], cfg)[0]  # (3, S, S)
+        return to_batch([load_rgb(plan.paths[image_id])], cfg)[0]  # (3, S, S)
 
-    # 1. Shards: each one's reducer state is saved as soon as it is complete.
-    shards = split_shards(n, SHARD_SIZE)
-    keys = [f"runs/mining/{model.slug}/{run_hash}/shard-{i:05d}.pt" for i in range(len(shards))]
+    return load
+
+
+def mine_shard(session: Session, job: Job, progress: Progress) -> str:
+    """Mine one shard of images and save its reducer state (the merge needs nothing else)."""
+    from workers.ml.mining import Miner, make_loader
+
+    plan = make_plan(session, job.params["model_id"], job.params["dataset_id"])
+    i = int(job.params["shard"])
+    if plan.run_hash != job.params["run_hash"]:
+        return "superseded: the model, dataset or layers changed"
+    store = make_store(get_settings())
+    if store.exists(plan.keys[i]):
+        return "already mined"
+    session.commit()
+    device = _device()
+    loaded = cached_model(plan.model.spec, device)
+    rng = plan.shards[i]
+    miner = Miner(plan.layouts, k=K)
+    workers = min(4, (os.cpu_count() or 1) - 1) if device.startswith("cuda") else 0
+    miner.run(
+        loaded.image_model,
+        make_loader(
+            [plan.ids[j] for j in rng], _loader_fn(plan, loaded.preprocess), BATCH, workers
+        ),
+        progress=lambda d: progress(d, len(rng), f"shard {i}: {d}/{len(rng)} images"),
+    )
+    _save_state(store, plan.keys[i], miner.reducers)
+    return f"shard {i}: {len(rng)} images"
+
+
+def _shards_ready(session: Session, plan: Plan, progress: Progress) -> bool:
+    """True when every shard is saved; otherwise queue the missing shard jobs (idempotent)."""
+    store = make_store(get_settings())
+    missing = [i for i, key in enumerate(plan.keys) if not store.exists(key)]
+    done = len(plan.keys) - len(missing)
+    if not missing:
+        return True
+    for i in missing:
+        shard_job = enqueue_job(
+            session,
+            kind="mine_shard",
+            task_name=TASK_MINE_SHARD,
+            params={
+                "model_id": plan.model.id,
+                "dataset_id": plan.ds.id,
+                "run_hash": plan.run_hash,
+                "shard": i,
+            },
+            queue="gpu",
+            model_id=plan.model.id,
+            dataset_id=plan.ds.id,
+            total=len(plan.shards[i]),
+        )
+        if shard_job.state == "failed" and shard_job.attempts >= MAX_SHARD_ATTEMPTS:
+            raise RuntimeError(f"shard {i} failed {shard_job.attempts} times: {shard_job.error}")
+    session.commit()  # sends the shard tasks
+    progress(done, len(plan.keys) + 1, f"{done}/{len(plan.keys)} shards mined")
+    return False
+
+
+def mine(session: Session, job: Job, progress: Progress) -> str:
+    """Dataset examples for every unit of the model's default layers, published whole.
+
+    Shards run as their own jobs (on any worker); this job waits for them, merges their
+    states (exactly the single-pass result) and renders.
+    """
+    from workers.ml.mining import merge_layer_states
+
+    plan = make_plan(session, job.params["model_id"], job.params["dataset_id"])
+    if not _shards_ready(session, plan, progress):
+        raise Waiting(f"waiting for {plan.model.slug} shards of {plan.ds.slug}")
+    model, layers, params, paths = plan.model, plan.layers, plan.params, plan.paths
+    store = make_store(get_settings())
+    n = len(plan.ids)
+    total_units = sum(x.unit_count for x in layers)
     work = n + total_units
-    done = 0
-    for rng, key in zip(shards, keys, strict=True):
-        if not store.exists(key):
-            miner = Miner(layouts, k=K)
-            base = done
-            miner.run(
-                net,
-                make_loader([ids[i] for i in rng], load, batch_size=BATCH),
-                progress=lambda d, b=base: progress(b + d, work, f"mining images {b + d}/{n}"),
-            )
-            _save_state(store, key, miner.reducers)
-        done += len(rng)
-        progress(done, work, f"mined {done}/{n} images")
-    merged = merge_layer_states([_load_state(store, k, K) for k in keys])
+    session.commit()
+    merged = merge_layer_states([_load_state(store, k, K) for k in plan.keys])
+    device = _device()
+    loaded = cached_model(model.spec, device)
+    net, cfg = loaded.image_model, loaded.preprocess
+    layouts = plan.layouts
+    from workers.ml.images import load_rgb
+    from workers.ml.preprocess import to_batch
 
     # 2. Results, then the maps of the images the sheets show (one more truncated pass).
     results = {p: r.finalize() for p, r in merged.items()}
@@ -222,9 +323,9 @@ def mine(session: Session, job: Job, progress: Progress) -> str:
                     view = views[e["image_id"]]
                     box = tuple(e["box"])
                     crops.append(crop_example(view, box))
-                    heat = heatmap_overlay(
-                        view, unit_maps[(layer.module_path, u, e["image_id"])], box
-                    )
+                    umap = unit_maps[(layer.module_path, u, e["image_id"])]
+                    # Negative examples: highlight where the unit is most negative.
+                    heat = heatmap_overlay(view, umap if group == "top" else -umap, box)
                     heats.append(crop_example(heat, box))
                 for kind, tiles in (("example_crop", crops), ("example_heatmap", heats)):
                     publish(
@@ -281,8 +382,17 @@ def mine(session: Session, job: Job, progress: Progress) -> str:
 @app.task(
     name=TASK_MINE_EXAMPLES,
     autoretry_for=(Waiting,),
-    retry_kwargs={"countdown": 3, "max_retries": 400},
+    retry_kwargs={"countdown": 3, "max_retries": None},
     retry_backoff=False,
 )
 def mine_examples(job_id: int) -> str:
     return run_job(job_id, mine)
+
+
+@app.task(
+    name=TASK_MINE_SHARD,
+    autoretry_for=(Waiting,),
+    retry_kwargs={"countdown": 5, "max_retries": 100},
+)
+def mine_examples_shard(job_id: int) -> str:
+    return run_job(job_id, mine_shard)
