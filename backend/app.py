@@ -16,6 +16,7 @@ from backend.config import Settings, get_settings
 from backend.datasets import api as datasets_api
 from backend.deps import admin_token
 from backend.errors import MicroscopeError
+from backend.etag import ETagMiddleware
 from backend.jobs import api as jobs_api
 from backend.jobs import pages as jobs_pages
 from backend.storage import make_store
@@ -59,6 +60,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.store = make_store(settings)
     app.state.admin_token = admin_token(settings)
 
+    app.add_middleware(ETagMiddleware)
     app.add_middleware(
         CORSMiddleware,
         allow_origins=settings.cors_origins,

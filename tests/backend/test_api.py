@@ -117,3 +117,29 @@ def test_openapi_documents_the_api(client) -> None:
 def test_cors_allows_reads(client) -> None:
     r = client.get("/api/v1/models", headers={"Origin": "https://example.org"})
     assert r.headers["access-control-allow-origin"] in ("*", "https://example.org")
+
+
+def test_pages_and_json_carry_etags_and_answer_304(client, session) -> None:
+    m = make_model(session, "tiny")
+    make_layer(session, m, "blocks.1", units=4)
+    session.commit()
+    for url, headers in [
+        ("/api/v1/models/tiny/layers/blocks.1/units/1", {}),
+        ("/models/tiny/blocks.1/1", {"Accept": "text/html"}),
+        ("/models/tiny/blocks.1", {"Accept": "text/html"}),
+    ]:
+        first = client.get(url, headers=headers)
+        etag = first.headers["etag"]
+        assert first.status_code == 200 and etag.startswith('W/"')
+        again = client.get(url, headers={**headers, "If-None-Match": etag})
+        assert again.status_code == 304 and again.content == b""
+        other = client.get(url, headers={**headers, "If-None-Match": 'W/"stale"'})
+        assert other.status_code == 200
+    static = client.get("/static/microscope.css")
+    assert static.headers.get("etag") and static.headers.get("last-modified")
+    assert (
+        client.get(
+            "/static/microscope.css", headers={"If-None-Match": static.headers["etag"]}
+        ).status_code
+        == 304
+    )
