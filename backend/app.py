@@ -17,6 +17,8 @@ from backend.datasets import api as datasets_api
 from backend.deps import admin_token
 from backend.errors import MicroscopeError
 from backend.etag import ETagMiddleware
+from backend.families import api as families_api
+from backend.families import pages as families_pages
 from backend.jobs import api as jobs_api
 from backend.jobs import pages as jobs_pages
 from backend.storage import make_store
@@ -54,6 +56,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             {"name": "models", "description": "Models, layers and units"},
             {"name": "datasets", "description": "Image datasets"},
             {"name": "jobs", "description": "Precompute jobs and their progress"},
+            {"name": "families", "description": "Families of units, labels"},
+            {"name": "search", "description": "Find units by label or by text"},
         ],
     )
     app.state.settings = settings
@@ -88,8 +92,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(catalog_api.router)
     app.include_router(datasets_api.router)
     app.include_router(jobs_api.router)
+    app.include_router(families_api.router)
     app.include_router(objects.router)
     app.include_router(jobs_pages.router)
+    app.include_router(families_pages.router)
     app.include_router(catalog_pages.router)
 
     @app.get("/healthz", include_in_schema=False)

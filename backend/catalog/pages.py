@@ -9,6 +9,7 @@ from backend.catalog import service
 from backend.catalog.repository import CatalogRepository
 from backend.catalog.views import VIEW_TITLES, examples_view, group_views
 from backend.deps import SessionDep
+from backend.families.service import unit_families
 from backend.jobs.repository import JobRepository
 from backend.templating import is_htmx, templates
 
@@ -70,6 +71,7 @@ def unit_page(
             "active": active,
             "examples": examples,
             "heatmap": request.query_params.get("heatmap") == "1",
+            "families": unit_families(session, v.unit),
         },
     )
 

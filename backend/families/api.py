@@ -1,0 +1,73 @@
+"""JSON API for families, labels and search."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Query, status
+
+from backend import urls
+from backend.deps import AdminDep, SessionDep
+from backend.families import service
+from backend.families.service import Card, FamilyCreate, FamilyOut, LabelUpdate, MemberRef
+
+router = APIRouter(prefix=urls.API, tags=["families"])
+
+
+@router.get("/families", response_model=list[FamilyOut])
+def list_families(session: SessionDep) -> list[FamilyOut]:
+    """All families with their sizes."""
+    return service.list_families(session)
+
+
+@router.post(
+    "/families",
+    response_model=FamilyOut,
+    status_code=status.HTTP_201_CREATED,
+    dependencies=[AdminDep],
+)
+def create_family(body: FamilyCreate, session: SessionDep) -> FamilyOut:
+    """Create a family, optionally with members (admin)."""
+    fam = service.create_family(session, body)
+    return service.family_out(session, fam, with_members=True)
+
+
+@router.get("/families/{slug}", response_model=FamilyOut)
+def get_family(slug: str, session: SessionDep) -> FamilyOut:
+    """A family and its neuron cards."""
+    return service.family_out(session, service.get_family(session, slug), with_members=True)
+
+
+@router.post("/families/{slug}/members", response_model=FamilyOut, dependencies=[AdminDep])
+def add_member(slug: str, body: MemberRef, session: SessionDep) -> FamilyOut:
+    """Add a unit to a family (admin)."""
+    fam = service.get_family(session, slug)
+    service.add_member(session, fam, body)
+    return service.family_out(session, fam, with_members=True)
+
+
+@router.delete("/families/{slug}/members", response_model=FamilyOut, dependencies=[AdminDep])
+def remove_member(slug: str, body: MemberRef, session: SessionDep) -> FamilyOut:
+    """Remove a unit from a family (admin)."""
+    fam = service.get_family(session, slug)
+    service.remove_member(session, fam, body)
+    return service.family_out(session, fam, with_members=True)
+
+
+@router.put(
+    "/models/{model}/layers/{layer:path}/units/{unit:int}/label",
+    dependencies=[AdminDep],
+    tags=["models"],
+)
+def set_label(model: str, layer: str, unit: int, body: LabelUpdate, session: SessionDep) -> dict:
+    """Set or clear a unit's label (admin); it becomes searchable."""
+    u = service.set_label(session, model, layer, unit, body.label)
+    return {"label": u.label, "label_source": u.label_source}
+
+
+@router.get("/search", response_model=list[Card], tags=["search"])
+def search(
+    session: SessionDep,
+    q: str = Query(..., min_length=1, description="text to look for in unit labels"),
+    model: str | None = Query(None, description="restrict to one model"),
+) -> list[Card]:
+    """Units whose label contains the query."""
+    return service.search_labels(session, q, model=model)

@@ -1,0 +1,212 @@
+"""Families of units (hand-curated or proposed), unit labels, and label search."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from pydantic import BaseModel, Field
+from sqlalchemy import delete, func, select
+from sqlalchemy.orm import Session
+
+from backend import urls
+from backend.catalog import service as catalog
+from backend.catalog.spec import slugify
+from backend.db.models import Artifact, Family, FamilyMember, Layer, Model, Unit
+from backend.errors import InvalidInput, NotFoundError
+
+
+class MemberRef(BaseModel):
+    model: str
+    layer: str
+    unit: int = Field(ge=0)
+    note: str | None = None
+
+
+class FamilyCreate(BaseModel):
+    name: str = Field(min_length=1, max_length=200)
+    description: str | None = None
+    members: list[MemberRef] = []
+
+
+class LabelUpdate(BaseModel):
+    label: str | None = Field(None, max_length=200)
+
+
+class Card(BaseModel):
+    """A neuron card: enough to draw a unit in a grid of cards."""
+
+    model: str
+    layer: str
+    unit: int
+    label: str | None
+    note: str | None = None
+    url: str
+    thumbnail: str | None
+
+
+class FamilyOut(BaseModel):
+    slug: str
+    name: str
+    description: str | None
+    source: str
+    size: int
+    url: str
+    api_url: str
+    members: list[Card] | None = None
+
+
+def _resolve(session: Session, ref: MemberRef) -> tuple[Model, Layer, Unit]:
+    model = catalog.get_model(session, ref.model)
+    layer = catalog.get_layer(session, model, ref.layer)
+    return model, layer, catalog.get_unit(session, layer, ref.unit)
+
+
+def _thumbs(session: Session, pairs: Sequence[tuple[int, int]]) -> dict[tuple[int, int], str]:
+    if not pairs:
+        return {}
+    layer_ids = {lid for lid, _ in pairs}
+    rows = session.execute(
+        select(Artifact.layer_id, Artifact.unit_index, Artifact.kind, Artifact.storage_key).where(
+            Artifact.layer_id.in_(layer_ids),
+            Artifact.unit_index.in_({u for _, u in pairs}),
+            ((Artifact.kind == "featvis") & (Artifact.variant == "channel"))
+            | ((Artifact.kind == "example_crop") & (Artifact.variant == "thumb")),
+        )
+    ).all()
+    out: dict[tuple[int, int], str] = {}
+    for lid, u, _kind, key in sorted(rows, key=lambda r: r[2] != "featvis"):
+        out.setdefault((lid, u), urls.object_url(key))
+    return out
+
+
+def cards(session: Session, rows: Sequence[tuple[Model, Layer, Unit, str | None]]) -> list[Card]:
+    thumbs = _thumbs(session, [(layer.id, unit.index) for _, layer, unit, _ in rows])
+    return [
+        Card(
+            model=m.slug,
+            layer=layer.name,
+            unit=unit.index,
+            label=unit.label,
+            note=note,
+            url=urls.unit_url(m.slug, layer.name, unit.index),
+            thumbnail=thumbs.get((layer.id, unit.index)),
+        )
+        for m, layer, unit, note in rows
+    ]
+
+
+def family_out(session: Session, fam: Family, *, with_members: bool = False) -> FamilyOut:
+    out = FamilyOut(
+        slug=fam.slug,
+        name=fam.name,
+        description=fam.description,
+        source=fam.source,
+        size=len(fam.members),
+        url=f"/families/{fam.slug}",
+        api_url=f"{urls.API}/families/{fam.slug}",
+    )
+    if with_members:
+        rows = session.execute(
+            select(Model, Layer, Unit, FamilyMember.note)
+            .join(Unit, Unit.id == FamilyMember.unit_id)
+            .join(Layer, Layer.id == Unit.layer_id)
+            .join(Model, Model.id == Layer.model_id)
+            .where(FamilyMember.family_id == fam.id)
+            .order_by(FamilyMember.position)
+        ).all()
+        out.members = cards(session, [tuple(r) for r in rows])  # type: ignore[misc]
+    return out
+
+
+def list_families(session: Session) -> list[FamilyOut]:
+    fams = session.scalars(select(Family).order_by(Family.name)).all()
+    return [family_out(session, f) for f in fams]
+
+
+def get_family(session: Session, slug: str) -> Family:
+    fam = session.scalar(select(Family).where(Family.slug == slug))
+    if fam is None:
+        raise NotFoundError("family", slug)
+    return fam
+
+
+def create_family(session: Session, body: FamilyCreate, source: str = "manual") -> Family:
+    slug = slugify(body.name)
+    if not slug:
+        raise InvalidInput("a family needs a name with letters or digits")
+    if session.scalar(select(Family.id).where(Family.slug == slug)) is not None:
+        raise InvalidInput(f"family {slug!r} already exists")
+    fam = Family(slug=slug, name=body.name, description=body.description, source=source)
+    session.add(fam)
+    session.flush()
+    for ref in body.members:
+        add_member(session, fam, ref)
+    return fam
+
+
+def add_member(session: Session, fam: Family, ref: MemberRef) -> None:
+    _, _, unit = _resolve(session, ref)
+    exists = session.get(FamilyMember, (fam.id, unit.id))
+    if exists is not None:
+        exists.note = ref.note
+        return
+    position = session.scalar(
+        select(func.coalesce(func.max(FamilyMember.position), -1) + 1).where(
+            FamilyMember.family_id == fam.id
+        )
+    )
+    session.add(FamilyMember(family_id=fam.id, unit_id=unit.id, position=position, note=ref.note))
+    session.flush()
+    session.refresh(fam)
+
+
+def remove_member(session: Session, fam: Family, ref: MemberRef) -> None:
+    _, _, unit = _resolve(session, ref)
+    session.execute(
+        delete(FamilyMember).where(
+            FamilyMember.family_id == fam.id, FamilyMember.unit_id == unit.id
+        )
+    )
+    session.flush()
+    session.refresh(fam)
+
+
+def unit_families(session: Session, unit: Unit) -> list[dict[str, Any]]:
+    rows = session.execute(
+        select(Family.slug, Family.name)
+        .join(FamilyMember, FamilyMember.family_id == Family.id)
+        .where(FamilyMember.unit_id == unit.id)
+        .order_by(Family.name)
+    ).all()
+    return [{"slug": s, "name": n, "url": f"/families/{s}"} for s, n in rows]
+
+
+def set_label(session: Session, model: str, layer: str, index: int, label: str | None) -> Unit:
+    m = catalog.get_model(session, model)
+    lyr = catalog.get_layer(session, m, layer)
+    unit = catalog.get_unit(session, lyr, index)
+    unit.label = label.strip() if label and label.strip() else None
+    unit.label_source = "admin" if unit.label else None
+    unit.label_confidence = 1.0 if unit.label else None
+    session.flush()
+    return unit
+
+
+def search_labels(
+    session: Session, q: str, *, model: str | None = None, limit: int = 60
+) -> list[Card]:
+    """Units whose label contains ``q`` (case-insensitive)."""
+    q = q.strip()
+    if not q:
+        return []
+    stmt = (
+        select(Model, Layer, Unit)
+        .join(Layer, Layer.id == Unit.layer_id)
+        .join(Model, Model.id == Layer.model_id)
+        .where(func.lower(Unit.label).contains(q.lower()))
+    )
+    if model:
+        stmt = stmt.where(Model.slug == model)
+    rows = session.execute(stmt.order_by(Unit.label_confidence.desc(), Unit.id).limit(limit)).all()
+    return cards(session, [(m, layer, u, None) for m, layer, u in rows])
