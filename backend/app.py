@@ -10,6 +10,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from backend import objects
+from backend.catalog import actions as catalog_actions
 from backend.catalog import api as catalog_api
 from backend.catalog import pages as catalog_pages
 from backend.config import Settings, get_settings
@@ -90,10 +91,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app.mount("/static", StaticFiles(directory=FRONTEND / "static"), name="static")
     app.include_router(catalog_api.router)
+    app.include_router(catalog_actions.api)
     app.include_router(datasets_api.router)
     app.include_router(jobs_api.router)
     app.include_router(families_api.router)
     app.include_router(objects.router)
+    app.include_router(catalog_actions.router)
     app.include_router(jobs_pages.router)
     app.include_router(families_pages.router)
     app.include_router(catalog_pages.router)

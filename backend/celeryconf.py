@@ -7,18 +7,23 @@ from kombu import Queue
 
 from backend.config import Settings
 
-QUEUES = ("gpu", "cpu")
+# "interactive" carries what a person asked for from a page, ahead of bulk work.
+QUEUES = ("interactive", "gpu", "cpu")
 # Task names: the web process sends these by name and never imports task code.
 TASK_REGISTER_MODEL = "microscope.register_model"
 TASK_IMPORT_DATASET = "microscope.import_dataset"
 TASK_MINE_EXAMPLES = "microscope.mine_examples"
 TASK_MINE_SHARD = "microscope.mine_examples_shard"
+TASK_FEATVIS = "microscope.featvis"
+TASK_FEATVIS_BULK = "microscope.featvis_bulk"
 # job kind -> task name, used to send unfinished jobs again after a crash.
 TASKS = {
     "register_model": TASK_REGISTER_MODEL,
     "import_dataset": TASK_IMPORT_DATASET,
     "mine_examples": TASK_MINE_EXAMPLES,
     "mine_shard": TASK_MINE_SHARD,
+    "featvis": TASK_FEATVIS,
+    "featvis_bulk": TASK_FEATVIS_BULK,
 }
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -116,7 +117,7 @@ def _worker_cmd(settings: Settings, queues: str, concurrency: int | None) -> lis
 
 @app.command()
 def worker(
-    queues: Annotated[str, typer.Option(help="comma-separated queues")] = "gpu,cpu",
+    queues: Annotated[str, typer.Option(help="comma-separated queues")] = "interactive,gpu,cpu",
     concurrency: Annotated[int | None, typer.Option(help="worker processes")] = None,
 ) -> None:
     """Run a Celery worker (needs the `worker` extra: torch)."""
@@ -129,7 +130,7 @@ def _start_worker(settings: Settings, log: Path) -> subprocess.Popen[bytes]:
     log.parent.mkdir(parents=True, exist_ok=True)
     f = open(log, "ab")  # noqa: SIM115 - lives as long as the child
     return subprocess.Popen(
-        _worker_cmd(settings, "gpu,cpu", None),
+        _worker_cmd(settings, "interactive,gpu,cpu", None),
         stdout=f,
         stderr=subprocess.STDOUT,
         start_new_session=True,
@@ -149,6 +150,8 @@ def _wait_for_jobs(
     settings: Settings, job_ids: list[int], worker: subprocess.Popen[bytes] | None
 ) -> bool:
     """Show progress bars until the jobs finish; True if all succeeded."""
+    from sqlalchemy import select
+
     from backend.db.models import Job
 
     bars: dict[int, int] = {}
@@ -162,7 +165,8 @@ def _wait_for_jobs(
     ) as prog:
         while True:
             with _session(settings) as s:
-                jobs = [s.get(Job, j) for j in job_ids]
+                # The jobs asked for and every job they queued in turn (shards, render blocks).
+                jobs = list(s.scalars(select(Job).where(Job.id >= min(job_ids)).order_by(Job.id)))
                 states = []
                 for job in jobs:
                     if job is None:
@@ -196,6 +200,12 @@ def up(
     dataset: Annotated[
         Path | None, typer.Option(help="image folder (default: the demo photos)")
     ] = None,
+    featvis_units: Annotated[
+        int | None,
+        typer.Option(
+            help="units per default layer rendered in bulk (default: all on a GPU, 4 on a CPU)"
+        ),
+    ] = None,
 ) -> None:
     """The main job: migrate, assemble the demo dataset, register the model, start a worker,
     queue every precompute job, and serve."""
@@ -207,6 +217,8 @@ def up(
     from backend.jobs.service import resend_unfinished
     from backend.precompute import queue_precompute
 
+    if featvis_units is None:
+        featvis_units = _default_featvis_units(s)
     if dataset is None:
         dataset = s.data_dir / "datasets" / DEMO_SLUG
         _assemble_demo(dataset)
@@ -216,13 +228,19 @@ def up(
         )
         m, m_job = add_model(session, model)
         job_ids = [ds_job.id, m_job.id]
-        job_ids += [j.id for j in queue_precompute(session, m, ds)]
+        job_ids += [j.id for j in queue_precompute(session, m, ds, featvis_units=featvis_units)]
     with _session(s) as session:
         resend_unfinished(session, TASKS)
     log = s.data_dir / "logs" / "worker.log"
     proc = _start_worker(s, log)
     console.print(f"worker started (pid {proc.pid}, log {log})")
     try:
+        from backend.deps import admin_token
+
+        console.print(
+            f"admin sign-in (render from the pages): "
+            f"http://{host}:{port}/admin/login?token={admin_token(s)}"
+        )
         if not serve_:
             ok = _wait_for_jobs(s, job_ids, proc)
             _print_jobs(s)
@@ -238,6 +256,20 @@ def up(
         )
     finally:
         _stop(proc)
+
+
+def _default_featvis_units(settings: Settings) -> int | None:
+    """All units when a GPU renders them; a few per layer on a CPU (each takes seconds).
+
+    Looks for the NVIDIA driver rather than importing torch into this process.
+    """
+    if settings.device.startswith("cuda"):
+        return None
+    if settings.device == "auto" and (
+        Path("/proc/driver/nvidia/version").exists() or shutil.which("nvidia-smi")
+    ):
+        return None
+    return 4
 
 
 def _assemble_demo(dest: Path) -> None:

@@ -33,6 +33,7 @@ class Settings(BaseSettings):
     admin_token: str | None = None
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     public_url: str = "http://127.0.0.1:8000"
+    featvis_steps: int = 512  # optimisation steps per render (Lucid's default)
     cors_origins: list[str] = ["*"]
 
     @model_validator(mode="after")

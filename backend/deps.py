@@ -52,17 +52,30 @@ def admin_token(settings: Settings) -> str:
     return path.read_text().strip()
 
 
+ADMIN_COOKIE = "microscope_admin"
+
+
+def token_matches(request: Request, given: str | None) -> bool:
+    expected = request.app.state.admin_token
+    return bool(given) and hmac.compare_digest(str(given).encode(), expected.encode())
+
+
+def is_admin(request: Request) -> bool:
+    """A browser signed in through /admin/login (SameSite=Strict cookie, so no CSRF)."""
+    return token_matches(request, request.cookies.get(ADMIN_COOKIE))
+
+
 def require_admin(
     request: Request,
     authorization: Annotated[str | None, Header()] = None,
     x_admin_token: Annotated[str | None, Header()] = None,
 ) -> None:
-    """Writes need the admin token (``Authorization: Bearer ...`` or ``X-Admin-Token``)."""
+    """Writes need the admin token (``Authorization: Bearer ...``, ``X-Admin-Token`` or the
+    admin cookie of a signed-in browser)."""
     given = x_admin_token
     if authorization and authorization.lower().startswith("bearer "):
         given = authorization[7:].strip()
-    expected = request.app.state.admin_token
-    if not given or not hmac.compare_digest(given.encode(), expected.encode()):
+    if not token_matches(request, given) and not is_admin(request):
         raise Unauthorized("this write needs the admin token (Authorization: Bearer <token>)")
 
 

@@ -1,20 +1,30 @@
-"""Queue every precompute job that exists for a (model, dataset) pair."""
+"""Queue precompute jobs: everything for a (model, dataset) pair, or one view on request."""
 
 from __future__ import annotations
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from backend.celeryconf import TASK_MINE_EXAMPLES
-from backend.db.models import Dataset, Job, Model
+from backend.celeryconf import TASK_FEATVIS, TASK_FEATVIS_BULK, TASK_MINE_EXAMPLES
+from backend.config import get_settings
+from backend.db.models import Dataset, Job, Layer, Model
+from backend.errors import InvalidInput
 from backend.jobs.service import enqueue_job
 
+FEATVIS_BLOCK = 32  # units per featvis job: one full batch on a GPU
+FEATVIS_OBJECTIVES = ("channel", "neuron", "negative", "diversity")
 
-def queue_precompute(session: Session, model: Model, dataset: Dataset) -> list[Job]:
-    """Dataset examples for the model's default layers on the dataset.
 
-    The tasks wait (retry) until the model is registered and the dataset imported.
+def queue_precompute(
+    session: Session, model: Model, dataset: Dataset, *, featvis_units: int | None = None
+) -> list[Job]:
+    """Dataset examples for the default layers, and channel feature visualizations.
+
+    ``featvis_units``: how many units per default layer get a bulk render (None = all,
+    0 = none). Tasks wait (retry) until the model is registered and the dataset imported;
+    the bulk job then queues one job per block of units.
     """
-    return [
+    jobs = [
         enqueue_job(
             session,
             kind="mine_examples",
@@ -26,3 +36,73 @@ def queue_precompute(session: Session, model: Model, dataset: Dataset) -> list[J
             dataset_id=dataset.id,
         )
     ]
+    if featvis_units != 0:
+        jobs.append(
+            enqueue_job(
+                session,
+                kind="featvis_bulk",
+                task_name=TASK_FEATVIS_BULK,
+                params={"model_id": model.id, "units_per_layer": featvis_units},
+                queue="cpu",
+                priority=4,
+                model_id=model.id,
+            )
+        )
+    return jobs
+
+
+def queue_featvis_blocks(session: Session, model: Model, units_per_layer: int | None) -> list[Job]:
+    """Channel renders for the default layers' units, in blocks of FEATVIS_BLOCK units."""
+    layers = session.scalars(
+        select(Layer)
+        .where(Layer.model_id == model.id, Layer.is_default.is_(True))
+        .order_by(Layer.order)
+    ).all()
+    jobs = []
+    for layer in layers:
+        n = layer.unit_count if units_per_layer is None else min(units_per_layer, layer.unit_count)
+        for start in range(0, n, FEATVIS_BLOCK):
+            stop = min(start + FEATVIS_BLOCK, n)
+            jobs.append(
+                enqueue_job(
+                    session,
+                    kind="featvis",
+                    task_name=TASK_FEATVIS,
+                    params={
+                        "model_id": model.id,
+                        "layer_id": layer.id,
+                        "units": [start, stop],
+                        "objective": "channel",
+                        "steps": get_settings().featvis_steps,
+                    },
+                    queue="gpu",
+                    priority=3,
+                    model_id=model.id,
+                    total=stop - start,
+                )
+            )
+    return jobs
+
+
+def request_featvis(
+    session: Session, model: Model, layer: Layer, unit: int, objective: str = "channel"
+) -> Job:
+    """One unit's render, asked for from its page: sent on the interactive queue."""
+    if objective not in FEATVIS_OBJECTIVES:
+        raise InvalidInput(f"objective must be one of {', '.join(FEATVIS_OBJECTIVES)}")
+    return enqueue_job(
+        session,
+        kind="featvis",
+        task_name=TASK_FEATVIS,
+        params={
+            "model_id": model.id,
+            "layer_id": layer.id,
+            "units": [unit, unit + 1],
+            "objective": objective,
+            "steps": get_settings().featvis_steps,
+        },
+        queue="interactive",
+        priority=9,
+        model_id=model.id,
+        total=1,
+    )

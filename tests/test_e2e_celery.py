@@ -39,7 +39,7 @@ def worker(settings, tmp_path: Path) -> Iterator[subprocess.Popen[bytes]]:  # ty
             "workers.celery_app",
             "worker",
             "-Q",
-            "gpu,cpu",
+            "interactive,gpu,cpu",
             "--pool",
             "solo",
             "--loglevel",

@@ -6,4 +6,9 @@ from backend.celeryconf import make_celery
 from backend.config import get_settings
 
 app = make_celery(get_settings())
-app.conf.imports = ("workers.tasks.catalog", "workers.tasks.datasets", "workers.tasks.mining")
+app.conf.imports = (
+    "workers.tasks.catalog",
+    "workers.tasks.datasets",
+    "workers.tasks.mining",
+    "workers.tasks.featvis",
+)

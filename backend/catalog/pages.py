@@ -8,9 +8,10 @@ from fastapi.responses import HTMLResponse
 from backend.catalog import service
 from backend.catalog.repository import CatalogRepository
 from backend.catalog.views import VIEW_TITLES, examples_view, group_views
-from backend.deps import SessionDep
+from backend.deps import SessionDep, is_admin
 from backend.families.service import unit_families
 from backend.jobs.repository import JobRepository
+from backend.jobs.schemas import job_out
 from backend.templating import is_htmx, templates
 
 router = APIRouter(include_in_schema=False)
@@ -52,10 +53,18 @@ def unit_page(
     unit: int,
     session: SessionDep,
     view: str | None = Query(None, description="which tab opens"),
+    job_id: int | None = Query(None, alias="job", description="a job to follow live"),
 ) -> HTMLResponse:
     v = service.unit_view(session, model, layer, unit)
     views = group_views(v.by_kind)
-    active = view if view in views else next(iter(views), None)
+    missing = [x for x in ("featvis", "examples") if x not in views]
+    for x in missing:  # a tab for each missing view, with a way to compute it
+        views[x] = {}
+    active = view if view in views else next((x for x in views if views[x]), "featvis")
+    job = None
+    if job_id is not None:
+        found = JobRepository(session).get(job_id)
+        job = job_out(found) if found is not None else None
     examples = None
     if active == "examples":
         examples = examples_view(session, request.app.state.store, views["examples"])
@@ -72,6 +81,9 @@ def unit_page(
             "examples": examples,
             "heatmap": request.query_params.get("heatmap") == "1",
             "families": unit_families(session, v.unit),
+            "missing": missing,
+            "job": job,
+            "admin": is_admin(request),
         },
     )
 

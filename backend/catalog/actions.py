@@ -1,0 +1,78 @@
+"""Browser actions: admin sign-in, rendering a missing view, and its live progress."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, Form, Query, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+
+from backend import urls
+from backend.catalog import service
+from backend.deps import ADMIN_COOKIE, AdminDep, SessionDep, require_admin, token_matches
+from backend.errors import NotFoundError, Unauthorized
+from backend.jobs.repository import JobRepository
+from backend.jobs.schemas import job_out
+from backend.precompute import request_featvis
+from backend.templating import templates
+
+router = APIRouter(include_in_schema=False)
+api = APIRouter(prefix=urls.API, tags=["models"])
+
+
+@router.get("/admin/login")
+def admin_login(request: Request, token: str = Query(...), next: str = Query("/")) -> Response:
+    if not token_matches(request, token):
+        raise Unauthorized("wrong admin token")
+    target = next if next.startswith("/") and not next.startswith("//") else "/"
+    resp = RedirectResponse(target, status_code=303)
+    resp.set_cookie(ADMIN_COOKIE, token, httponly=True, samesite="strict", max_age=30 * 24 * 3600)
+    return resp
+
+
+@router.post(
+    "/models/{model}/{layer:path}/{unit:int}/render", dependencies=[Depends(require_admin)]
+)
+def render_from_page(
+    model: str,
+    layer: str,
+    unit: int,
+    session: SessionDep,
+    objective: str = Form("channel"),
+) -> Response:
+    m = service.get_model(session, model)
+    lyr = service.get_layer(session, m, layer)
+    service.get_unit(session, lyr, unit)
+    job = request_featvis(session, m, lyr, unit, objective)
+    url = f"{urls.unit_url(m.slug, lyr.name, unit)}?view=featvis&job={job.id}"
+    return RedirectResponse(url, status_code=303)
+
+
+@router.get("/partials/job/{job_id}", response_class=HTMLResponse)
+def job_fragment(request: Request, job_id: int, session: SessionDep) -> Response:
+    """One job's progress; when it is done, htmx reloads the page to show the result."""
+    job = JobRepository(session).get(job_id)
+    if job is None:
+        raise NotFoundError("job", job_id)
+    out = job_out(job)
+    resp = templates.TemplateResponse(request, "_job.html", {"job": out})
+    if out.state in ("succeeded", "failed"):
+        resp.headers["HX-Refresh"] = "true"
+    return resp
+
+
+@api.post(
+    "/models/{model}/layers/{layer:path}/units/{unit:int}/featvis",
+    status_code=202,
+    dependencies=[AdminDep],
+)
+def render_unit(
+    model: str,
+    layer: str,
+    unit: int,
+    session: SessionDep,
+    objective: str = Query("channel", description="channel, neuron, negative or diversity"),
+) -> dict:
+    """Render a unit's feature visualization now (ahead of bulk work); returns the job."""
+    m = service.get_model(session, model)
+    lyr = service.get_layer(session, m, layer)
+    service.get_unit(session, lyr, unit)
+    return job_out(request_featvis(session, m, lyr, unit, objective)).model_dump()

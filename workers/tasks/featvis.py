@@ -1,0 +1,127 @@
+"""Task: feature visualizations for one block of units of one layer (GPU batches stay full)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from backend.celeryconf import TASK_FEATVIS, TASK_FEATVIS_BULK
+from backend.config import get_settings
+from backend.db.models import Artifact, Job, Layer, Model
+from backend.precompute import queue_featvis_blocks
+from backend.storage import make_store
+from workers.celery_app import app
+from workers.tasks.artifacts import publish
+from workers.tasks.jobrun import Progress, Waiting, run_job
+from workers.tasks.mining import _device, cached_model
+
+
+def best_example_scores(session: Session, layer: Layer, units: list[int]) -> dict[int, float]:
+    """Each unit's top dataset-example score (the yardstick a render should reach)."""
+    rows = session.execute(
+        select(Artifact.unit_index, Artifact.meta).where(
+            Artifact.layer_id == layer.id,
+            Artifact.kind == "dataset_examples",
+            Artifact.unit_index.in_(units),
+        )
+    ).all()
+    out = {}
+    for u, meta in rows:
+        stats = (meta or {}).get("stats") or {}
+        if stats.get("max") is not None and u is not None:
+            out[u] = float(stats["max"])
+    return out
+
+
+def render(session: Session, job: Job, progress: Progress) -> str:
+    """Render the job's units with the requested objective and publish one WebP per image."""
+    from workers.ml.featvis import render_units
+    from workers.ml.hooks import Layout
+    from workers.ml.render import to_webp_bytes
+
+    p: dict[str, Any] = job.params
+    model = session.get(Model, p["model_id"])
+    layer = session.get(Layer, p["layer_id"])
+    if model is None or layer is None:
+        raise ValueError("the model or layer of this job was deleted")
+    if model.state != "ready":
+        raise Waiting(f"waiting for model {model.slug} to register")
+    start, stop = p["units"]
+    units = list(range(start, min(stop, layer.unit_count)))
+    if not units:
+        raise ValueError(f"no units {start}..{stop} in layer {layer.name}")
+    objective = p.get("objective", "channel")
+    opts = {k: p[k] for k in ("steps", "size", "seed") if k in p}
+    session.commit()
+    device = _device()
+    loaded = cached_model(model.spec, device)
+    results = render_units(
+        loaded.image_model,
+        layer.module_path,
+        Layout(**layer.layout),
+        units,
+        preprocess=loaded.preprocess,
+        objective=objective,
+        device=device,
+        progress=lambda d, t: progress(d, t, f"{layer.name}: {objective} for {len(units)} units"),
+        **opts,
+    )
+    store = make_store(get_settings())
+    best = best_example_scores(session, layer, units)
+    for r in results:
+        ratio = r.act_max / best[r.unit] if best.get(r.unit, 0) > 0 else None
+        for k, img in enumerate(r.images):
+            variant = objective if len(r.images) == 1 else f"{objective}-{k}"
+            publish(
+                session,
+                store,
+                model=model,
+                layer=layer,
+                unit=r.unit,
+                kind="featvis",
+                variant=variant,
+                params={**r.params, "seed": r.seed},
+                data=to_webp_bytes(img, quality=90),
+                ext="webp",
+                content_type="image/webp",
+                meta={
+                    "act_max": r.acts_max[k],
+                    "act_mean": r.acts_mean[k],
+                    "best_example": best.get(r.unit),
+                    "ratio_to_best_example": ratio,
+                },
+            )
+    return f"{len(results)} units of {layer.name} ({objective})"
+
+
+def bulk(session: Session, job: Job, progress: Progress) -> str:
+    """Once the model is registered, queue one render job per block of default units."""
+    model = session.get(Model, job.params["model_id"])
+    if model is None:
+        raise ValueError("the model of this job was deleted")
+    if model.state == "failed":
+        raise ValueError(f"model {model.slug} failed to register: {model.error}")
+    if model.state != "ready":
+        raise Waiting(f"waiting for model {model.slug} to register")
+    jobs = queue_featvis_blocks(session, model, job.params.get("units_per_layer"))
+    return f"queued {len(jobs)} render jobs"
+
+
+@app.task(
+    name=TASK_FEATVIS_BULK,
+    autoretry_for=(Waiting,),
+    retry_kwargs={"countdown": 3, "max_retries": None},
+)
+def featvis_bulk(job_id: int) -> str:
+    return run_job(job_id, bulk)
+
+
+@app.task(
+    name=TASK_FEATVIS,
+    autoretry_for=(Waiting,),
+    retry_kwargs={"countdown": 5, "max_retries": None},
+)
+def featvis(job_id: int) -> str:
+    return run_job(job_id, render)
