@@ -32,3 +32,20 @@
     }
   });
 })();
+
+// Live job progress without htmx (it is vendored at set-up; this keeps pages live without it).
+(function () {
+  if (window.htmx) return;
+  function poll() {
+    var el = document.querySelector(".job-live[hx-get]");
+    if (!el) return;
+    fetch(el.getAttribute("hx-get"), { headers: { "HX-Request": "true" } }).then(function (r) {
+      if (r.headers.get("HX-Refresh") === "true") { window.location.reload(); return; }
+      return r.text().then(function (html) {
+        el.outerHTML = html;
+        setTimeout(poll, 1000);
+      });
+    });
+  }
+  document.addEventListener("DOMContentLoaded", function () { setTimeout(poll, 1000); });
+})();

@@ -1,0 +1,81 @@
+"""Feature-visualization jobs in-process: real database, store and model; few steps."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+from PIL import Image
+from sqlalchemy import select
+
+from backend.catalog.service import add_model
+from backend.config import get_settings
+from backend.db.models import Artifact, Dataset, Job, Layer, Model
+from backend.db.session import session_scope
+from backend.precompute import queue_precompute, request_featvis
+from backend.storage import make_store
+from workers.tasks.catalog import register
+from workers.tasks.featvis import bulk, render
+from workers.tasks.jobrun import Waiting, run_job
+
+
+@pytest.fixture
+def model_id(settings, monkeypatch):  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("MICROSCOPE_FEATVIS_STEPS", "6")
+    get_settings.cache_clear()
+    with session_scope(settings.database_url) as s:
+        m, job = add_model(s, "timm:test_efficientnet")
+        s.info.clear()
+        ids = m.id, job.id
+    return ids
+
+
+def test_bulk_waits_for_registration_then_queues_blocks(settings, model_id, tmp_path) -> None:
+    mid, reg_job = model_id
+    url = settings.database_url
+    with session_scope(url) as s:
+        ds = Dataset(slug="d", source=str(tmp_path), state="ready", image_count=1)
+        s.add(ds)
+        s.flush()
+        jobs = queue_precompute(s, s.get(Model, mid), ds, featvis_units=40)
+        s.info.clear()
+        bulk_id = next(j.id for j in jobs if j.kind == "featvis_bulk")
+    with pytest.raises(Waiting):
+        run_job(bulk_id, bulk)
+    assert run_job(reg_job, register) == "succeeded"
+    assert run_job(bulk_id, bulk) == "succeeded"
+    with session_scope(url) as s:
+        blocks = s.scalars(select(Job).where(Job.kind == "featvis")).all()
+        layers = s.scalars(select(Layer).where(Layer.model_id == mid, Layer.is_default)).all()
+        expected = sum((min(40, x.unit_count) + 31) // 32 for x in layers)
+        assert len(blocks) == expected
+        assert all(b.params["steps"] == 6 for b in blocks)
+        assert {tuple(b.params["units"]) for b in blocks} >= {(0, 32), (32, 40)}
+
+
+def test_a_requested_render_is_published_with_its_activation(settings, model_id) -> None:
+    mid, reg_job = model_id
+    url = settings.database_url
+    assert run_job(reg_job, register) == "succeeded"
+    with session_scope(url) as s:
+        layer = s.scalar(select(Layer).where(Layer.model_id == mid, Layer.name == "blocks.1"))
+        job = request_featvis(s, s.get(Model, mid), layer, 3, "diversity")
+        s.info.clear()
+        job_id, layer_id = job.id, layer.id
+        assert job.queue == "interactive"
+    assert run_job(job_id, render) == "succeeded"
+    store = make_store(settings)
+    with session_scope(url) as s:
+        arts = s.scalars(
+            select(Artifact).where(Artifact.layer_id == layer_id, Artifact.kind == "featvis")
+        ).all()
+        assert sorted(a.variant for a in arts) == [f"diversity-{k}" for k in range(4)]
+        assert all(a.unit_index == 3 for a in arts)
+        for a in arts:
+            img = Image.open(io.BytesIO(store.get(a.storage_key)))
+            assert img.format == "WEBP" and img.size[0] >= 64
+            assert isinstance(a.meta["act_max"], float)
+            assert a.provenance["params"]["objective"] == "diversity"
+    assert run_job(job_id, render) == "succeeded"  # re-delivered: nothing redone
+    with session_scope(url) as s:
+        assert len(s.scalars(select(Artifact).where(Artifact.kind == "featvis")).all()) == 4
