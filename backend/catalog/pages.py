@@ -56,6 +56,8 @@ def unit_page(
     job_id: int | None = Query(None, alias="job", description="a job to follow live"),
 ) -> HTMLResponse:
     v = service.unit_view(session, model, layer, unit)
+    card = next(iter(v.by_kind.pop("neuron_card", [])), None)
+    public = request.app.state.settings.public_url.rstrip("/")
     views = group_views(v.by_kind)
     missing = [x for x in ("featvis", "examples") if x not in views]
     for x in missing:  # a tab for each missing view, with a way to compute it
@@ -84,6 +86,8 @@ def unit_page(
             "missing": missing,
             "job": job,
             "admin": is_admin(request),
+            "card_url": f"{public}{card.url}" if card else None,
+            "page_url": f"{public}{v.out.url}",
         },
     )
 

@@ -79,3 +79,25 @@ def test_a_requested_render_is_published_with_its_activation(settings, model_id)
     assert run_job(job_id, render) == "succeeded"  # re-delivered: nothing redone
     with session_scope(url) as s:
         assert len(s.scalars(select(Artifact).where(Artifact.kind == "featvis")).all()) == 4
+
+
+def test_channel_render_refreshes_the_neuron_card(settings, model_id, client) -> None:
+    mid, reg_job = model_id
+    url = settings.database_url
+    assert run_job(reg_job, register) == "succeeded"
+    with session_scope(url) as s:
+        layer = s.scalar(select(Layer).where(Layer.model_id == mid, Layer.name == "blocks.1"))
+        job = request_featvis(s, s.get(Model, mid), layer, 2, "channel")
+        s.info.clear()
+        job_id = job.id
+    assert run_job(job_id, render) == "succeeded"
+    with session_scope(url) as s:
+        card = s.scalar(select(Artifact).where(Artifact.kind == "neuron_card"))
+        assert card is not None and card.unit_index == 2 and card.content_type == "image/png"
+        key = card.storage_key
+    png = Image.open(io.BytesIO(make_store(settings).get(key)))
+    assert png.format == "PNG" and png.size == (1200, 630)
+    page = client.get(
+        "/models/test-efficientnet-random/blocks.1/2", headers={"Accept": "text/html"}
+    ).text
+    assert f'<meta property="og:image" content="http://127.0.0.1:8000/objects/{key}">' in page

@@ -14,6 +14,7 @@ from backend.precompute import queue_featvis_blocks
 from backend.storage import make_store
 from workers.celery_app import app
 from workers.tasks.artifacts import publish
+from workers.tasks.cards import refresh_card
 from workers.tasks.jobrun import Progress, Waiting, run_job
 from workers.tasks.mining import _device, cached_model
 
@@ -93,6 +94,10 @@ def render(session: Session, job: Job, progress: Progress) -> str:
                     "ratio_to_best_example": ratio,
                 },
             )
+    if objective == "channel":
+        session.flush()
+        for r in results:
+            refresh_card(session, store, model, layer, r.unit)
     return f"{len(results)} units of {layer.name} ({objective})"
 
 

@@ -28,6 +28,7 @@ from backend.jobs.service import enqueue_job
 from backend.storage import ObjectStore, make_store, params_hash
 from workers.celery_app import app
 from workers.tasks.artifacts import publish
+from workers.tasks.cards import refresh_card
 from workers.tasks.jobrun import Progress, Waiting, run_job
 
 K = 64  # examples kept per unit
@@ -357,6 +358,8 @@ def mine(session: Session, job: Job, progress: Progress) -> str:
                         content_type="image/jpeg",
                         meta={"image_id": shown[0]["image_id"]},
                     )
+                if group == "top":
+                    refresh_card(session, store, model, layer, u, examples=crops[:6])
             info["input_size"] = s
             publish(
                 session,

@@ -1,0 +1,73 @@
+"""Neuron cards: the PNG a shared unit link previews with (feature vis, top examples, label)."""
+
+from __future__ import annotations
+
+import io
+from functools import lru_cache
+from pathlib import Path
+
+from PIL import Image, ImageDraw, ImageFont
+
+WIDTH, HEIGHT = 1200, 630  # Open Graph's recommended size
+BG = (20, 22, 26)
+FG = (236, 237, 240)
+MUTED = (150, 156, 166)
+FONT_DIRS = (Path("/usr/share/fonts/truetype/dejavu"), Path("/usr/share/fonts/dejavu"))
+
+
+@lru_cache(maxsize=8)
+def _font(size: int, bold: bool = False) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+    name = "DejaVuSans-Bold.ttf" if bold else "DejaVuSans.ttf"
+    for d in FONT_DIRS:
+        if (d / name).exists():
+            return ImageFont.truetype(str(d / name), size)
+    return ImageFont.load_default(size)
+
+
+def sheet_tiles(sheet: Image.Image, cell: int, n: int) -> list[Image.Image]:
+    """The first ``n`` tiles (row-major) of a grid of cell x cell tiles."""
+    cols = max(1, sheet.width // cell)
+    tiles = []
+    for i in range(n):
+        x, y = (i % cols) * cell, (i // cols) * cell
+        if y + cell > sheet.height:
+            break
+        tiles.append(sheet.crop((x, y, x + cell, y + cell)))
+    return tiles
+
+
+def _fit(text: str, font: ImageFont.FreeTypeFont | ImageFont.ImageFont, width: int) -> str:
+    while text and font.getlength(text) > width:
+        text = text[:-2] + "…" if len(text) > 2 else ""
+    return text
+
+
+def neuron_card(
+    title: str,
+    subtitle: str,
+    label: str | None,
+    featvis: Image.Image | None,
+    examples: list[Image.Image],
+) -> bytes:
+    """A 1200 x 630 PNG: the feature visualization (or top example) left, examples right."""
+    card = Image.new("RGB", (WIDTH, HEIGHT), BG)
+    draw = ImageDraw.Draw(card)
+    hero = featvis or (examples[0] if examples else None)
+    if hero is not None:
+        card.paste(hero.convert("RGB").resize((510, 510), Image.Resampling.BICUBIC), (40, 80))
+    x0 = 590
+    draw.text((40, 24), "Open Microscope", font=_font(28, bold=True), fill=MUTED)
+    draw.text(
+        (x0, 80), _fit(title, _font(48, True), WIDTH - x0 - 40), font=_font(48, True), fill=FG
+    )
+    draw.text((x0, 140), _fit(subtitle, _font(28), WIDTH - x0 - 40), font=_font(28), fill=MUTED)
+    if label:
+        draw.text((x0, 185), _fit(label, _font(34), WIDTH - x0 - 40), font=_font(34), fill=FG)
+    tile, gap = 180, 10
+    for i, ex in enumerate(examples[:6]):
+        x = x0 + (i % 3) * (tile + gap)
+        y = 240 + (i // 3) * (tile + gap)
+        card.paste(ex.convert("RGB").resize((tile, tile), Image.Resampling.BICUBIC), (x, y))
+    buf = io.BytesIO()
+    card.save(buf, format="PNG", compress_level=1)  # fast; cards are rendered per unit
+    return buf.getvalue()

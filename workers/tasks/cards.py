@@ -1,0 +1,81 @@
+"""Keep each unit's neuron card in step with its views."""
+
+from __future__ import annotations
+
+import io
+
+from PIL import Image
+from sqlalchemy import delete, select
+from sqlalchemy.orm import Session
+
+from backend.db.models import Artifact, Layer, Model, Unit
+from backend.storage import NotFound, ObjectStore
+from workers.tasks.artifacts import publish
+
+CELL = 112  # tile size of the example sheets (workers/tasks/mining.py)
+
+
+def _image(store: ObjectStore, key: str | None) -> Image.Image | None:
+    if key is None:
+        return None
+    try:
+        return Image.open(io.BytesIO(store.get(key))).convert("RGB")
+    except (NotFound, OSError):
+        return None
+
+
+def refresh_card(
+    session: Session,
+    store: ObjectStore,
+    model: Model,
+    layer: Layer,
+    unit: int,
+    *,
+    examples: list[Image.Image] | None = None,
+) -> None:
+    """Render the unit's card from its current views and replace the previous card."""
+    from workers.ml.cards import neuron_card, sheet_tiles
+
+    arts = session.execute(
+        select(Artifact.kind, Artifact.variant, Artifact.storage_key).where(
+            Artifact.layer_id == layer.id,
+            Artifact.unit_index == unit,
+            Artifact.kind.in_(("featvis", "example_crop")),
+        )
+    ).all()
+    keys = {(k, v): key for k, v, key in arts}
+    fv_key = keys.get(("featvis", "channel"))
+    if examples is None:
+        sheet = _image(store, keys.get(("example_crop", "top")))
+        examples = sheet_tiles(sheet, CELL, 6) if sheet is not None else []
+    if fv_key is None and not examples:
+        return
+    label = session.scalar(select(Unit.label).where(Unit.layer_id == layer.id, Unit.index == unit))
+    png = neuron_card(
+        f"Unit {unit}",
+        f"{model.slug} · {layer.name}",
+        label,
+        _image(store, fv_key),
+        examples,
+    )
+    session.execute(
+        delete(Artifact).where(
+            Artifact.layer_id == layer.id,
+            Artifact.unit_index == unit,
+            Artifact.kind == "neuron_card",
+        )
+    )
+    publish(
+        session,
+        store,
+        model=model,
+        layer=layer,
+        unit=unit,
+        kind="neuron_card",
+        variant="",
+        # The card's key changes whenever what it shows changes, so caches never go stale.
+        params={"featvis": fv_key, "examples": keys.get(("example_crop", "top")), "label": label},
+        data=png,
+        ext="png",
+        content_type="image/png",
+    )
