@@ -85,8 +85,8 @@ def _insert_model_layers(conn: Connection, n_layers: int, upl: int, pg: bool) ->
     ).scalar_one()
     conn.execute(
         text(
-            'INSERT INTO layers (model_id, name, module_path, kind, unit_count, output_shape, '
-            'layout, "order", is_default) VALUES (:m, :n, :n, \'stage\', :u, :shape, :layout, '
+            "INSERT INTO layers (model_id, name, module_path, kind, unit_count, output_shape, "
+            "layout, \"order\", is_default) VALUES (:m, :n, :n, 'stage', :u, :shape, :layout, "
             f":o, {true})"
         ),
         [
@@ -158,7 +158,7 @@ def seed(
                     f"SELECT l.id, i, {label.format(i='i')}, "
                     "CASE WHEN i % 5 = 0 THEN 'auto' END "
                     "FROM layers l CROSS JOIN generate_series(0, :n - 1) AS i "
-                    'WHERE l.model_id = :m ORDER BY l.id, i'
+                    "WHERE l.model_id = :m ORDER BY l.id, i"
                 ),
                 {"n": upl, "m": mid},
             )
@@ -263,22 +263,22 @@ def _make_kinds(conn: Connection, pg: bool, kinds: list[dict[str, object]]) -> N
     )
     if kinds:
         conn.execute(
-            text(
-                "INSERT INTO bench_kinds VALUES (:o, :kind, :variant, :ext, :ctype, :ph, :prov)"
-            ),
+            text("INSERT INTO bench_kinds VALUES (:o, :kind, :variant, :ext, :ctype, :ph, :prov)"),
             kinds,
         )
 
 
 def _filler(conn: Connection, pg: bool, model_id: int, layer_ids: dict[str, int]) -> None:
-    key = f"'{SLUG}/' || l.name || '/' || u.\"index\" || '/' || k.kind || '-' || k.ph || '.' || k.ext"
+    key = (
+        f"'{SLUG}/' || l.name || '/' || u.\"index\" || '/' || k.kind || '-' || k.ph || '.' || k.ext"
+    )
     prov = "CAST(k.prov AS JSONB)" if pg else "k.prov"
     if pg:
         conn.execute(
             text(
                 "INSERT INTO artifacts (kind, model_id, layer_id, unit_index, variant, "
                 "params_hash, storage_key, content_type, meta, provenance, created_at) "
-                f"SELECT k.kind, :m, u.layer_id, u.\"index\", k.variant, k.ph, {key}, k.ctype, "
+                f'SELECT k.kind, :m, u.layer_id, u."index", k.variant, k.ph, {key}, k.ctype, '
                 f"NULL, {prov}, :ts FROM units u JOIN layers l ON l.id = u.layer_id "
                 "CROSS JOIN bench_kinds k WHERE l.model_id = :m "
                 'ORDER BY u.layer_id, u."index", k.kind, k.ph'
@@ -290,7 +290,7 @@ def _filler(conn: Connection, pg: bool, model_id: int, layer_ids: dict[str, int]
     stmt = text(
         "INSERT INTO artifacts (kind, model_id, layer_id, unit_index, variant, "
         "params_hash, storage_key, content_type, meta, provenance, created_at) "
-        f"SELECT k.kind, :m, u.layer_id, u.\"index\", k.variant, k.ph, {key}, k.ctype, "
+        f'SELECT k.kind, :m, u.layer_id, u."index", k.variant, k.ph, {key}, k.ctype, '
         f"NULL, {prov}, :ts FROM (SELECT id AS lid, name FROM layers WHERE id = :l) AS l "
         "CROSS JOIN units u CROSS JOIN (SELECT * FROM bench_kinds ORDER BY kind, ph) AS k "
         "WHERE u.layer_id = l.lid"

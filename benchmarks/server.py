@@ -20,6 +20,7 @@ steadier.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import random
@@ -170,7 +171,29 @@ def _patch_no_etag() -> None:
     app_module.ETagMiddleware = _Pass  # type: ignore[assignment,misc]
 
 
+def _patch_session_limit() -> None:
+    """SessionDep with max_concurrency = the pool's capacity, so no handler waits on the pool.
+
+    Without it, 64 concurrent JSON requests deadlock: FastAPI validates a sync handler's
+    response in the threadpool while the request still holds its pooled connection, and all
+    40 threads sit in handlers waiting for a connection (SQLite pool: 5 + 10 overflow).
+    """
+    from typing import Annotated
+
+    from fastapi import Depends
+    from sqlalchemy.orm import Session
+
+    from backend import deps
+    from backend.config import get_settings
+    from backend.db.session import get_engine
+
+    pool = get_engine(get_settings().database_url).pool
+    cap = pool.size() + max(pool._max_overflow, 0)  # type: ignore[attr-defined]
+    deps.SessionDep = Annotated[Session, Depends(deps.get_db, max_concurrency=cap)]  # type: ignore[misc]
+
+
 PATCHES = {
+    "session_limit": _patch_session_limit,
     "cache_lookups": _patch_cache_lookups,
     "unit_one_query": _patch_unit_one_query,
     "no_etag": _patch_no_etag,
@@ -286,11 +309,14 @@ def run_wrk(
     return d
 
 
-def _check(base: str, url: str, accept: str) -> None:
+def _check(base: str, url: str, accept: str) -> str | None:
+    """None if ``url`` answers 200 within 10 s, else what went wrong."""
     req = urllib.request.Request(base + url, headers={"Accept": accept})
-    with urllib.request.urlopen(req, timeout=10) as r:
-        if r.status != 200:
-            raise RuntimeError(f"{url}: HTTP {r.status}")
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return None if r.status == 200 else f"HTTP {r.status}"
+    except OSError as e:
+        return repr(e)
 
 
 def url_lists(info: Any, n: int = 2000, seed_value: int = 1) -> dict[str, tuple[list[str], str]]:
@@ -313,9 +339,8 @@ def url_lists(info: Any, n: int = 2000, seed_value: int = 1) -> dict[str, tuple[
     }
 
 
-def bench_server(
-    base: str,
-    server: Server,
+def bench_targets(
+    start: Any,
     lists: dict[str, tuple[list[str], str]],
     seconds: float,
     conns: int,
@@ -323,21 +348,30 @@ def bench_server(
     lua: Path,
     tmp: Path,
 ) -> dict[str, dict[str, Any]]:
-    """Each target in turn: a warm-up run, then the measured run with server CPU time."""
+    """Each target on a fresh server (a stuck target cannot slow the next): warm-up, then
+    the measured run with the server's CPU time."""
     out: dict[str, dict[str, Any]] = {}
     for target in TARGETS:
         urls, accept = lists[target]
-        _check(base, urls[0], accept)
-        if warmup > 0:
-            run_wrk(base, urls, accept, warmup, conns, lua, tmp)
-        c0 = server.cpu()
-        r = run_wrk(base, urls, accept, seconds, conns, lua, tmp)
-        r["cpu_ms_per_req"] = 1000 * (server.cpu() - c0) / max(r["requests"], 1)
+        server = start()
+        try:
+            if warmup > 0:
+                run_wrk(server.base, urls, accept, warmup, conns, lua, tmp)
+            c0 = server.cpu()
+            r = run_wrk(server.base, urls, accept, seconds, conns, lua, tmp)
+            r["cpu_ms_per_req"] = 1000 * (server.cpu() - c0) / max(r["requests"], 1)
+            r["check_after"] = _check(server.base, urls[-1], accept)
+        finally:
+            server.stop()
+        if r["requests"] == 0:
+            r["errors"] = max(r["errors"], conns)  # every connection hung: count them
+            r["p50_us"] = r["p99_us"] = r["duration_us"]
         out[target] = r
+        note = f"  after the run: {r['check_after']}" if r["check_after"] else ""
         print(
             f"    {target:<11} {r['rps']:8.0f} req/s  p50 {r['p50_us'] / 1000:6.1f} ms  "
             f"p99 {r['p99_us'] / 1000:6.1f} ms  errors {r['errors']:<4d} "
-            f"server CPU {r['cpu_ms_per_req']:.2f} ms/req  ({len(urls)} URLs)",
+            f"server CPU {r['cpu_ms_per_req']:.2f} ms/req  ({len(urls)} URLs){note}",
             flush=True,
         )
     return out
@@ -438,20 +472,11 @@ def main() -> None:
             try:
                 for w in worker_counts:
                     print(f"  uvicorn --workers {w}", flush=True)
-                    server = Server(url, data_dir, w, patches, a.fast_deps)
-                    try:
-                        results[n][w] = bench_server(
-                            server.base,
-                            server,
-                            lists,
-                            a.duration,
-                            a.connections,
-                            a.warmup,
-                            lua,
-                            tmp,
-                        )
-                    finally:
-                        server.stop()
+
+                    start = functools.partial(Server, url, data_dir, w, patches, a.fast_deps)
+                    results[n][w] = bench_targets(
+                        start, lists, a.duration, a.connections, a.warmup, lua, tmp
+                    )
             finally:
                 if pg_name and a.postgres:
                     from backend.db.session import get_engine
@@ -472,8 +497,9 @@ def main() -> None:
     summary["unit_page_ratio"] = round(head["unit_page"]["rps"] / static, 3)
     summary["layer_page_ratio"] = round(head["layer_page"]["rps"] / static, 3)
     summary["unit_page_p99_ms"] = round(head["unit_page"]["p99_us"] / 1000, 2)
-    summary["errors"] = sum(r["errors"] for by_w in results.values() for w in by_w.values()
-                            for r in w.values())
+    summary["errors"] = sum(
+        r["errors"] for by_w in results.values() for w in by_w.values() for r in w.values()
+    )
     p99_small = results[small][worker_counts[0]]["unit_page"]["p99_us"]
     summary["p99_1m_over_1k"] = round(head["unit_page"]["p99_us"] / max(p99_small, 1), 3)
     for t in TARGETS:

@@ -49,6 +49,32 @@ class CatalogRepository:
         ).all()
         return {mid: (int(n), int(u or 0)) for mid, n, u in rows}
 
+    def preview_keys(self, model_id: int, n: int = 6) -> list[str]:
+        """Thumbnails of the first units of the model's deepest default layer."""
+        layer_id = self.session.scalar(
+            select(Layer.id)
+            .where(Layer.model_id == model_id, Layer.is_default.is_(True))
+            .order_by(Layer.order.desc())
+            .limit(1)
+        )
+        if layer_id is None:
+            return []
+        rows = self.session.execute(
+            select(Artifact.unit_index, Artifact.kind, Artifact.storage_key)
+            .where(
+                Artifact.layer_id == layer_id,
+                Artifact.unit_index < n,
+                ((Artifact.kind == "featvis") & (Artifact.variant == "channel"))
+                | ((Artifact.kind == "example_crop") & (Artifact.variant == "thumb")),
+            )
+            .order_by(Artifact.unit_index)
+        ).all()
+        best: dict[int, str] = {}
+        for u, kind, key in rows:
+            if u not in best or kind == "featvis":
+                best[u] = key
+        return [best[u] for u in sorted(best)]
+
     # units
     def list_units(self, layer_id: int, *, offset: int, limit: int) -> Sequence[Unit]:
         return self.session.scalars(

@@ -48,6 +48,7 @@ class ModelOut(BaseModel):
     unit_count: int = 0
     url: str
     api_url: str
+    preview: list[str] = Field(default=[], description="thumbnail URLs of a few units")
 
 
 class ModelCreate(BaseModel):

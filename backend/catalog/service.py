@@ -97,7 +97,12 @@ def list_models(session: Session) -> list[ModelOut]:
     repo = CatalogRepository(session)
     models = repo.list_models()
     totals = repo.unit_totals([m.id for m in models])
-    return [model_out(m, totals.get(m.id, (0, 0))) for m in models]
+    outs = []
+    for m in models:
+        out = model_out(m, totals.get(m.id, (0, 0)))
+        out.preview = [urls.object_url(k) for k in repo.preview_keys(m.id)]
+        outs.append(out)
+    return outs
 
 
 def layer_out(model: Model, layer: Layer) -> LayerOut:

@@ -77,3 +77,14 @@ def test_progress_fragment_polls_while_jobs_run(client, admin) -> None:
     section = frag.select_one("section.progress")
     assert section["hx-trigger"] == "every 2s"
     assert "register model" in section.text
+
+
+def test_home_previews_units_of_the_deepest_layer(client, session, settings) -> None:
+    m = make_model(session, "tiny")
+    make_layer(session, m, "stem", units=4, order=0)
+    deep = make_layer(session, m, "blocks.9", units=4, order=1)
+    a = make_artifact(session, make_store(settings), m, deep, 1)
+    session.commit()
+    page = soup(client.get("/", headers=HTML))
+    assert [i["src"] for i in page.select(".card .preview img")] == [f"/objects/{a.storage_key}"]
+    assert client.get("/api/v1/models").json()[0]["preview"] == [f"/objects/{a.storage_key}"]
