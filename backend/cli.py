@@ -14,7 +14,14 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from rich.table import Table
 
 from backend.config import Settings, get_settings
@@ -154,7 +161,7 @@ def _wait_for_jobs(
 
     from backend.db.models import Job
 
-    bars: dict[int, int] = {}
+    bars: dict[int, TaskID] = {}
     with Progress(
         TextColumn("{task.description:<28}"),
         BarColumn(),

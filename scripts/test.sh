@@ -9,6 +9,8 @@ export HF_HUB_OFFLINE=1 PYTHONDONTWRITEBYTECODE=1
 mkdir -p test-output
 echo "==> ruff"
 .venv/bin/ruff check backend workers tests benchmarks migrations
+echo "==> mypy (the web process)"
+.venv/bin/mypy backend
 echo "==> pytest: SQLite + embedded broker"
 .venv/bin/python -m pytest -q "$@"
 echo "==> pytest: PostgreSQL + Redis + Celery"

@@ -71,6 +71,8 @@ class CatalogRepository:
         ).all()
         best: dict[int, str] = {}
         for u, kind, key in rows:
+            if u is None:
+                continue
             if u not in best or kind == "featvis":
                 best[u] = key
         return [best[u] for u in sorted(best)]

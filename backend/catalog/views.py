@@ -72,9 +72,10 @@ def examples_view(
     session: Session, store: ObjectStore, arts: dict[str, list[ArtifactOut]]
 ) -> dict[str, Any] | None:
     """Sheets (crops and heatmaps), the quantile strata as thumbnails, the histogram."""
-    index = (arts.get("dataset_examples") or [None])[0]
-    if index is None:
+    indexes = arts.get("dataset_examples") or []
+    if not indexes:
         return None
+    index = indexes[0]
     try:
         data = json.loads(store.get(_key(index.url)))
     except (NotFound, ValueError):

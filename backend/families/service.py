@@ -76,7 +76,8 @@ def _thumbs(session: Session, pairs: Sequence[tuple[int, int]]) -> dict[tuple[in
     ).all()
     out: dict[tuple[int, int], str] = {}
     for lid, u, _kind, key in sorted(rows, key=lambda r: r[2] != "featvis"):
-        out.setdefault((lid, u), urls.object_url(key))
+        if lid is not None and u is not None:
+            out.setdefault((lid, u), urls.object_url(key))
     return out
 
 
