@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,7 @@ from workers.ml.images import load_rgb
 from workers.ml.models import load_model
 from workers.ml.preprocess import to_batch
 from workers.ml.receptive_field import position_center
+from workers.ml.sources import read_image_bytes
 from workers.tasks.catalog import register
 from workers.tasks.datasets import import_folder
 from workers.tasks.jobrun import Waiting, run_job
@@ -32,7 +34,7 @@ SPEC = "timm:test_efficientnet"
 LAYERS = ("blocks.0", "blocks.2")
 
 
-def photos(root: Path, n: int = 14) -> Path:
+def photos(root: Path, n: int = 14, tars: bool = False) -> Path:
     rng = np.random.default_rng(0)
     folder = root / "imgs"
     folder.mkdir()
@@ -42,16 +44,24 @@ def photos(root: Path, n: int = 14) -> Path:
         arr[:: 1 + i % 5, :, i % 3] = 255  # stripes of different frequencies and colours
         Image.fromarray(arr).save(folder / f"img{i:02d}.png")
     (folder / "corrupt.jpg").write_bytes(b"\xff\xd8\xff garbage")
+    if tars:
+        # WebDataset-style: two tar shards of samples <key>.png, plus loose files.
+        for t, members in (("shard-000.tar", range(0, 6)), ("sub/shard-001.tar", range(6, 10))):
+            (folder / t).parent.mkdir(parents=True, exist_ok=True)
+            with tarfile.open(folder / t, "w") as tf:
+                for i in members:
+                    tf.add(folder / f"img{i:02d}.png", arcname=f"{i:06d}.png")
+                    (folder / f"img{i:02d}.png").unlink()
     return folder
 
 
-@pytest.fixture
-def mined(settings, tmp_path, monkeypatch):  # type: ignore[no-untyped-def]
+@pytest.fixture(params=["folder", "tars"])
+def mined(request, settings, tmp_path, monkeypatch):  # type: ignore[no-untyped-def]
     # Three shards of 5, 5 and 4 images: the merged result must still equal brute force.
     monkeypatch.setattr("workers.tasks.mining.SHARD_SIZE", 5)
     url = settings.database_url
     with session_scope(url) as s:
-        ds, ds_job = add_dataset(s, str(photos(tmp_path)), "imgs")
+        ds, ds_job = add_dataset(s, str(photos(tmp_path, tars=request.param == "tars")), "imgs")
         m, m_job = add_model(s, SPEC)
         s.info.clear()  # run in-process, not through the broker
         ids = (ds.id, m.id, ds_job.id, m_job.id)
@@ -75,6 +85,7 @@ def mined(settings, tmp_path, monkeypatch):  # type: ignore[no-untyped-def]
         run_job(mine_job, mine)
     with session_scope(url) as s:
         shard_jobs = s.scalars(select(Job.id).where(Job.kind == "mine_shard")).all()
+    # folder: 14 images in shards of 5; tars: 4 loose images (one shard) + one per tar.
     assert len(shard_jobs) == 3
     for j in shard_jobs:
         assert run_job(j, mine_shard) == "succeeded"
@@ -91,7 +102,7 @@ def brute_force(url: str, ds_id: int, path: str) -> tuple[list[int], torch.Tenso
             .order_by(ImageRow.position)
         ).all()
         source = s.get(Dataset, ds_id).source
-    x = to_batch([load_rgb(Path(source) / p) for _, p in rows], loaded.preprocess)
+    x = to_batch([load_rgb(read_image_bytes(Path(source), p)) for _, p in rows], loaded.preprocess)
     with torch.inference_mode():
         maps = to_unit_maps(run_to(loaded.image_model, x, [path])[path], Layout("nchw"))
     return [r[0] for r in rows], maps.flatten(2).max(-1).values, maps  # (N, U), (N, U, H, W)

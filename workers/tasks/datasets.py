@@ -29,7 +29,8 @@ def dataset_checksum(rows: list[tuple[str, str]]) -> str:
 
 def import_folder(session: Session, job: Job, progress: Progress) -> str:
     """Decode every image (bad ones are skipped and counted), write thumbnails and rows."""
-    from workers.ml.images import BadImage, list_images, load_rgb, thumbnail_jpeg
+    from workers.ml.images import BadImage, load_rgb, thumbnail_jpeg
+    from workers.ml.sources import count_sources, iter_sources
 
     ds = session.get(Dataset, job.dataset_id)
     if ds is None:
@@ -39,12 +40,12 @@ def import_folder(session: Session, job: Job, progress: Progress) -> str:
     root = Path(ds.source)
     if not root.is_dir():
         raise FileNotFoundError(f"dataset folder {root} is not reachable from this worker")
+    total = count_sources(root)
+    if not total:
+        raise ValueError(f"no images (or tar shards of images) found under {root}")
     ds.state = "importing"
     session.commit()
     store = make_store(get_settings())
-    paths = list_images(root)
-    if not paths:
-        raise ValueError(f"no images found under {root}")
     done = {
         p: (sha, pos)
         for p, sha, pos in session.execute(
@@ -52,15 +53,17 @@ def import_folder(session: Session, job: Job, progress: Progress) -> str:
         )
     }
     skipped: Counter[str] = Counter()
-    for pos, path in enumerate(paths):
-        rel = path.relative_to(root).as_posix()
+    for pos, (rel, src) in enumerate(iter_sources(root)):
         if rel in done:
             continue
-        data = path.read_bytes()
         try:
+            data = src if isinstance(src, bytes) else src.read_bytes()
             img = load_rgb(data)
         except BadImage as e:
             skipped[e.reason] += 1
+            continue
+        except OSError:
+            skipped["unreadable"] += 1
             continue
         sha = hashlib.sha256(data).hexdigest()
         key = f"datasets/{ds.slug}/thumbs/{sha[:2]}/{sha}.jpg"
@@ -79,14 +82,14 @@ def import_folder(session: Session, job: Job, progress: Progress) -> str:
         done[rel] = (sha, pos)
         if (pos + 1) % COMMIT_EVERY == 0:
             session.commit()  # a killed worker resumes from here
-        progress(pos + 1, len(paths), f"{len(done)} images, {sum(skipped.values())} skipped")
+        progress(pos + 1, total, f"{len(done)} images, {sum(skipped.values())} skipped")
+    if not done:
+        raise ValueError(f"none of the {total} files under {root} is a readable image")
     ds.image_count = len(done)
     ds.skipped_count = sum(skipped.values())
     ds.skipped = dict(skipped)
     ds.checksum = dataset_checksum([(p, sha) for p, (sha, _) in done.items()])
-    ds.state = "ready" if done else "failed"
-    if not done:
-        raise ValueError(f"none of the {len(paths)} files under {root} is a readable image")
+    ds.state = "ready"
     return f"{ds.image_count} images, {ds.skipped_count} skipped"
 
 

@@ -112,7 +112,7 @@ class Plan:
     params: dict[str, Any]
     run_hash: str
     ids: list[int]
-    paths: dict[int, Path]
+    names: dict[int, str]  # image id -> its name under the dataset root (file or tar member)
     shards: list[range]
     keys: list[str]
 
@@ -125,7 +125,6 @@ class Plan:
 
 def make_plan(session: Session, model_id: int, dataset_id: int) -> Plan:
     """Check the inputs (clear errors before any work) and lay out the shards."""
-    from workers.ml.mining import split_shards
 
     model = session.get(Model, model_id)
     ds = session.get(Dataset, dataset_id)
@@ -152,10 +151,47 @@ def make_plan(session: Session, model_id: int, dataset_id: int) -> Plan:
         select(Image.id, Image.path).where(Image.dataset_id == ds.id).order_by(Image.position)
     ).all()
     ids = [r[0] for r in rows]
-    shards = split_shards(len(ids), SHARD_SIZE)
+    shards = plan_shards([r[1] for r in rows], SHARD_SIZE)
     keys = [f"runs/mining/{model.slug}/{run_hash}/shard-{i:05d}.pt" for i in range(len(shards))]
-    paths = {r[0]: Path(ds.source) / r[1] for r in rows}
-    return Plan(model, ds, layers, params, run_hash, ids, paths, shards, keys)
+    names = {r[0]: r[1] for r in rows}
+    return Plan(model, ds, layers, params, run_hash, ids, names, shards, keys)
+
+
+def plan_shards(names: list[str], size: int) -> list[range]:
+    """Loose files split by listing; each tar shard's images (contiguous) are one shard."""
+    from workers.ml.mining import split_shards
+    from workers.ml.sources import shard_of
+
+    loose = sum(1 for n in names if shard_of(n) is None)
+    shards = split_shards(loose, size) if loose else []
+    i = loose
+    while i < len(names):
+        tar = shard_of(names[i])
+        j = i
+        while j < len(names) and shard_of(names[j]) == tar:
+            j += 1
+        shards.append(range(i, j))
+        i = j
+    return shards
+
+
+def read_images(root: Path, names: list[str]) -> dict[str, bytes]:
+    """Bytes of many images, reading each tar shard once, in one streaming pass."""
+    from workers.ml.sources import iter_tar, shard_of
+
+    out: dict[str, bytes] = {}
+    by_tar: dict[str, set[str]] = defaultdict(set)
+    for n in names:
+        tar = shard_of(n)
+        if tar is None:
+            out[n] = (root / n).read_bytes()
+        else:
+            by_tar[tar].add(n)
+    for tar, wanted in by_tar.items():
+        for name, data in iter_tar(root, tar):
+            if name in wanted:
+                out[name] = data
+    return out
 
 
 @lru_cache(maxsize=2)
@@ -172,12 +208,20 @@ def _device() -> str:
     return str(resolve_device(get_settings().device))
 
 
-def _loader_fn(plan: Plan, cfg: Any) -> Any:
+def _loader_fn(plan: Plan, cfg: Any, ids: list[int]) -> Any:
+    """Image tensors by id for one shard; a tar shard is read once, front to back."""
     from workers.ml.images import load_rgb
     from workers.ml.preprocess import to_batch
+    from workers.ml.sources import shard_of
+
+    root = Path(plan.ds.source)
+    tarred = [plan.names[i] for i in ids if shard_of(plan.names[i]) is not None]
+    cache = read_images(root, tarred) if tarred else {}
 
     def load(image_id: int) -> torch.Tensor:
-        return to_batch([load_rgb(plan.paths[image_id])], cfg)[0]  # (3, S, S)
+        name = plan.names[image_id]
+        src = cache.pop(name) if name in cache else root / name
+        return to_batch([load_rgb(src)], cfg)[0]  # (3, S, S)
 
     return load
 
@@ -199,11 +243,10 @@ def mine_shard(session: Session, job: Job, progress: Progress) -> str:
     rng = plan.shards[i]
     miner = Miner(plan.layouts, k=K)
     workers = min(4, (os.cpu_count() or 1) - 1) if device.startswith("cuda") else 0
+    shard_ids = [plan.ids[j] for j in rng]
     miner.run(
         loaded.image_model,
-        make_loader(
-            [plan.ids[j] for j in rng], _loader_fn(plan, loaded.preprocess), BATCH, workers
-        ),
+        make_loader(shard_ids, _loader_fn(plan, loaded.preprocess, shard_ids), BATCH, workers),
         progress=lambda d: progress(d, len(rng), f"shard {i}: {d}/{len(rng)} images"),
     )
     _save_state(store, plan.keys[i], miner.reducers)
@@ -251,7 +294,7 @@ def mine(session: Session, job: Job, progress: Progress) -> str:
     plan = make_plan(session, job.params["model_id"], job.params["dataset_id"])
     if not _shards_ready(session, plan, progress):
         raise Waiting(f"waiting for {plan.model.slug} shards of {plan.ds.slug}")
-    model, layers, params, paths = plan.model, plan.layers, plan.params, plan.paths
+    model, layers, params = plan.model, plan.layers, plan.params
     store = make_store(get_settings())
     n = len(plan.ids)
     total_units = sum(x.unit_count for x in layers)
@@ -284,7 +327,8 @@ def mine(session: Session, job: Job, progress: Progress) -> str:
     need = sorted(wanted)
     for start in range(0, len(need), BATCH):
         chunk = need[start : start + BATCH]
-        imgs = [load_rgb(paths[i]) for i in chunk]
+        data = read_images(Path(plan.ds.source), [plan.names[i] for i in chunk])
+        imgs = [load_rgb(data[plan.names[i]]) for i in chunk]
         for i, im in zip(chunk, imgs, strict=True):
             views[i] = model_view(im, cfg)
         x = to_batch(imgs, cfg).to(device)  # (N, 3, S, S)

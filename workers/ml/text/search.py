@@ -61,9 +61,7 @@ class SearchIndex:
         idx = np.argpartition(-part, n - 1)[:n]
         # Ties broken by position so results are the same on every run.
         idx = idx[np.lexsort((idx, -part[idx]))] + lo
-        return [
-            (self.layers[self.layer_of[i]], int(self.unit_of[i]), float(s[i])) for i in idx
-        ]
+        return [(self.layers[self.layer_of[i]], int(self.unit_of[i]), float(s[i])) for i in idx]
 
     def save(self, path: Path) -> None:
         """Write the index as one .npz (layer names, unit counts, the normalised matrix)."""

@@ -1,0 +1,113 @@
+"""Zero-shot neuron search quality on the default model and the demo photos.
+
+For the classes the classifier predicts most often on the demo dataset, the class name is the
+query; a hit is a unit among the top 10 whose top dataset examples the classifier mostly (at
+least half) assigns to that class. Ends with one JSON line.
+
+    .venv/bin/python benchmarks/search_quality.py --queries 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from workers.ml.demo_data import assemble_demo_dataset
+from workers.ml.images import list_images, load_rgb
+from workers.ml.layers import enumerate_layers
+from workers.ml.mining import Miner
+from workers.ml.models import load_model
+from workers.ml.preprocess import to_batch
+from workers.ml.text.heads import make_text_head
+from workers.ml.text.search import SearchIndex
+from workers.ml.text.unit_vectors import compute_unit_vectors
+
+DEMO = Path("/tmp/up1/datasets/demo")
+BATCH = 32
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--queries", type=int, default=20)
+    ap.add_argument("--top-examples", type=int, default=8)
+    ap.add_argument("--attr-images", type=int, default=16, help="images for earlier layers")
+    ap.add_argument("--rank", type=int, default=32)
+    ap.add_argument("--last-layer-only", action="store_true")
+    args = ap.parse_args()
+    torch.set_num_threads(2)
+
+    root = DEMO if DEMO.is_dir() else Path(tempfile.mkdtemp())
+    if root != DEMO:
+        assemble_demo_dataset(root)
+    files = list_images(root)
+    loaded = load_model("default")
+    cfg = loaded.preprocess
+    t0 = time.perf_counter()
+    tensors = [to_batch([load_rgb(f)], cfg)[0] for f in files]  # each (3, S, S)
+    batches = [
+        (torch.stack(tensors[i : i + BATCH]), torch.arange(i, min(i + BATCH, len(files))))
+        for i in range(0, len(files), BATCH)
+    ]
+    infos = enumerate_layers(loaded)
+    layers = {i.module_path: i.layout for i in infos}
+    miner = Miner(layers, k=args.top_examples, sketch_size=16)
+    reducers = miner.run(loaded.image_model, batches)
+    top_ids = {p: r.finalize().top_ids for p, r in reducers.items()}  # (U, k)
+    with torch.inference_mode():
+        preds = torch.cat([loaded.image_model(x).argmax(-1) for x, _ in batches])  # (N,)
+    t_mine = time.perf_counter() - t0
+
+    head = make_text_head(loaded)
+    if args.last_layer_only:
+        layers = {head.last_layer_path: layers[head.last_layer_path]}
+    # Earlier layers attribute over the images that are top examples of the most units.
+    counts = Counter(
+        int(i) for p, ids in top_ids.items() if p != head.last_layer_path for i in ids.flatten()
+    )
+    chosen = sorted(i for i, _ in counts.most_common(args.attr_images))
+    attr_batches = [(torch.stack([tensors[i] for i in chosen]), torch.tensor(chosen))]
+    t0 = time.perf_counter()
+    vectors = compute_unit_vectors(loaded, head, layers, attr_batches, top_ids, rank=args.rank)
+    t_vec = time.perf_counter() - t0
+    index = SearchIndex(vectors)
+
+    names = loaded.class_names or []
+    classes = [c for c, _ in Counter(preds.tolist()).most_common(args.queries)]
+    hits, times, per_layer = [], [], Counter()
+    for c in classes:
+        t0 = time.perf_counter()
+        q = head.logit_direction([names[c]])[0]
+        found = index.query(q, top=10)
+        times.append((time.perf_counter() - t0) * 1000)
+        for layer, unit, _ in found:
+            ex = top_ids[layer][unit]
+            ex = ex[ex >= 0]
+            share = float((preds[ex] == c).float().mean()) if len(ex) else 0.0
+            hits.append(share >= 0.5)
+            per_layer[layer] += 1
+    result = {
+        "bench": "search_quality",
+        "model": loaded.spec,
+        "images": len(files),
+        "units": len(index),
+        "queries": len(classes),
+        "precision_at_10": round(float(np.mean(hits)), 3),
+        "median_query_ms": round(float(np.median(times)), 2),
+        "unit_vectors_s": round(t_vec, 1),
+        "mining_s": round(t_mine, 1),
+        "hits_by_layer": dict(per_layer),
+        "rank": args.rank,
+        "attr_images": len(chosen),
+    }
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
