@@ -312,7 +312,12 @@ class Server:
         cmd = [sys.executable, "-m", "uvicorn", app, "--factory", "--host", "127.0.0.1"]
         cmd += ["--port", str(self.port), "--workers", str(workers)]
         cmd += ["--no-access-log", "--log-level", "warning"]
-        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, start_new_session=True)
+        # Server tracebacks (e.g. pool timeouts) go to a log, counted and summarised after.
+        self.log_path = data_dir / f"server-{self.port}.log"
+        self._log = self.log_path.open("wb")
+        self.proc = subprocess.Popen(
+            cmd, cwd=ROOT, env=env, start_new_session=True, stdout=self._log, stderr=self._log
+        )
         self.base = f"http://127.0.0.1:{self.port}"
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
@@ -336,6 +341,13 @@ class Server:
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
+        self._log.close()
+
+    def error_lines(self) -> list[str]:
+        """The server log's exception lines (last line of each traceback), deduplicated."""
+        lines = self.log_path.read_text(errors="replace").splitlines()
+        errs = [x for x in lines if x and not x.startswith((" ", "Traceback", "ERROR:", "INFO:"))]
+        return sorted(set(errs))
 
 
 def run_wrk(
@@ -410,11 +422,14 @@ def bench_targets(
             r["check_after"] = _check(server.base, urls[-1], accept)
         finally:
             server.stop()
+        r["server_errors"] = server.error_lines()
         if r["requests"] == 0:
             r["errors"] = max(r["errors"], conns)  # every connection hung: count them
             r["p50_us"] = r["p99_us"] = r["duration_us"]
         out[target] = r
         note = f"  after the run: {r['check_after']}" if r["check_after"] else ""
+        for line in r["server_errors"][:3]:
+            note += f"\n      server log: {line[:160]}"
         print(
             f"    {target:<11} {r['rps']:8.0f} req/s  p50 {r['p50_us'] / 1000:6.1f} ms  "
             f"p99 {r['p99_us'] / 1000:6.1f} ms  errors {r['errors']:<4d} "

@@ -6,10 +6,12 @@ from fastapi import APIRouter, Query
 
 from backend import urls
 from backend.catalog.schemas import Page
-from backend.deps import SessionDep
+from backend.celeryconf import TASKS
+from backend.deps import AdminDep, SessionDep
 from backend.errors import NotFoundError
 from backend.jobs.repository import JobRepository
 from backend.jobs.schemas import JobOut, job_out
+from backend.jobs.service import retry_job
 
 router = APIRouter(prefix=urls.API, tags=["jobs"])
 
@@ -38,3 +40,12 @@ def get_job(job_id: int, session: SessionDep) -> JobOut:
     if job is None:
         raise NotFoundError("job", job_id)
     return job_out(job)
+
+
+@router.post("/jobs/{job_id}/retry", response_model=JobOut, dependencies=[AdminDep])
+def retry(job_id: int, session: SessionDep) -> JobOut:
+    """Send a failed job again (admin); finished parts are not redone."""
+    job = JobRepository(session).get(job_id)
+    if job is None:
+        raise NotFoundError("job", job_id)
+    return job_out(retry_job(session, job, TASKS))

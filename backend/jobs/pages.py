@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
-from fastapi.responses import HTMLResponse
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import HTMLResponse, RedirectResponse
 
-from backend.deps import SessionDep
+from backend.celeryconf import TASKS
+from backend.deps import SessionDep, is_admin, require_admin
+from backend.errors import NotFoundError
 from backend.jobs.repository import JobRepository
 from backend.jobs.schemas import job_out
+from backend.jobs.service import retry_job
 from backend.templating import templates
 
 router = APIRouter(include_in_schema=False)
@@ -16,7 +19,18 @@ router = APIRouter(include_in_schema=False)
 @router.get("/jobs", response_class=HTMLResponse)
 def jobs_page(request: Request, session: SessionDep) -> HTMLResponse:
     jobs = [job_out(j) for j in JobRepository(session).list(limit=200)]
-    return templates.TemplateResponse(request, "jobs.html", {"jobs": jobs})
+    return templates.TemplateResponse(
+        request, "jobs.html", {"jobs": jobs, "admin": is_admin(request)}
+    )
+
+
+@router.post("/jobs/{job_id}/retry", dependencies=[Depends(require_admin)])
+def retry(job_id: int, session: SessionDep) -> RedirectResponse:
+    job = JobRepository(session).get(job_id)
+    if job is None:
+        raise NotFoundError("job", job_id)
+    retry_job(session, job, TASKS)
+    return RedirectResponse("/jobs", status_code=303)
 
 
 @router.get("/partials/progress", response_class=HTMLResponse)

@@ -73,3 +73,16 @@ def resend_unfinished(session: Session, task_names: dict[str, str]) -> int:
             enqueue_after_commit(session, PendingTask(name, job.id, job.queue, job.priority))
             n += 1
     return n
+
+
+def retry_job(session: Session, job: Job, task_names: dict[str, str]) -> Job:
+    """Send a failed or cancelled job again (its task skips whatever is already done)."""
+    if job.state not in ("failed", "cancelled"):
+        return job
+    name = task_names[job.kind]
+    job.state = "queued"
+    job.error = None
+    job.message = "retry requested"
+    session.flush()
+    enqueue_after_commit(session, PendingTask(name, job.id, job.queue, job.priority))
+    return job

@@ -68,3 +68,18 @@ def test_enqueue_is_idempotent_and_revives_failed_jobs(session, empty_queue) -> 
     session.commit()
     assert c.id == a.id and c.state == "queued" and c.error is None
     assert queued_messages() == 2
+
+
+def test_failed_jobs_can_be_retried_by_an_admin(client, session, admin, empty_queue) -> None:
+    job = _enqueue(session)
+    session.commit()
+    purge()
+    job.state = "failed"
+    job.error = "boom"
+    session.commit()
+    assert client.post(f"/api/v1/jobs/{job.id}/retry").status_code == 401
+    r = client.post(f"/api/v1/jobs/{job.id}/retry", headers=admin)
+    assert r.status_code == 200 and r.json()["state"] == "queued" and r.json()["error"] is None
+    assert queued_messages() == 1
+    page = client.get("/jobs", headers={"Accept": "text/html"}).text
+    assert "register model" in page

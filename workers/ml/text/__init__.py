@@ -1,0 +1,1 @@
+"""Text-aligned views: zero-shot neuron search, text feature vis, rendered words, labels."""

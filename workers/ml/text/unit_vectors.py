@@ -120,3 +120,37 @@ def compute_unit_vectors(
         coeffs = torch.where(has[:, None], mean_own, mean_all)  # (U, r)
         out[p] = (coeffs.float() @ basis.T).contiguous()  # (U, r) @ (r, S) -> (U, S)
     return {p: out[p] for p in layers}
+
+
+def head_outputs(
+    loaded: LoadedModel, head: TextHead, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids (N,), outputs (N, S)): every image's position in the head's output space."""
+    model = loaded.image_model
+    param = next(model.parameters())
+    all_ids, outs = [], []
+    with torch.inference_mode():
+        for images, ids in batches:
+            out = model(images.to(param.device, param.dtype))  # (B, S)
+            outs.append(head.output(out).float().cpu())
+            all_ids.append(ids.to(torch.int64))
+    return torch.cat(all_ids), torch.cat(outs)
+
+
+def example_vectors(
+    ids: torch.Tensor, outputs: torch.Tensor, top_ids: Mapping[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    """Per layer (U, S): the mean output over each unit's top examples (data-side vectors).
+
+    What the model says when the unit fires: unlike attribution this does not say the unit
+    causes the output, but it matches what its dataset examples show.
+    """
+    row = {int(i): r for r, i in enumerate(ids.tolist())}
+    out: dict[str, torch.Tensor] = {}
+    for p, tops in top_ids.items():
+        flat = tops.reshape(-1).tolist()
+        rows = torch.tensor([row.get(int(i), -1) for i in flat]).reshape(tops.shape)  # (U, k)
+        valid = rows >= 0  # (U, k) padding and unseen ids drop out
+        gathered = outputs[rows.clamp(min=0)] * valid[..., None]  # (U, k, S)
+        out[p] = gathered.sum(1) / valid.sum(1, keepdim=True).clamp(min=1)  # (U, S)
+    return out

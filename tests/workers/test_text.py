@@ -1,0 +1,230 @@
+"""Text-aligned views: search, heads, unit vectors, text feature vis, words, labels, families."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from workers.ml.hooks import Layout, get_module
+from workers.ml.models import LoadedModel, PreprocessConfig
+from workers.ml.text.families import compose, propose_families
+from workers.ml.text.heads import classifier_head
+from workers.ml.text.labels import auto_labels
+from workers.ml.text.search import SearchIndex
+from workers.ml.text.textfv import build_vocabulary, dictionary_words, top_strings
+from workers.ml.text.unit_vectors import (
+    attribution,
+    compute_unit_vectors,
+    example_vectors,
+    output_basis,
+)
+from workers.ml.text.words import render_word, top_words, word_activations
+
+CLASSES = ["cat", "dog", "car", "tree", "boat"]
+NCHW = Layout("nchw")
+
+
+def fixed_encoder(dim: int = 16):
+    """A deterministic text encoder: one random unit vector per distinct string."""
+    table: dict[str, torch.Tensor] = {}
+
+    def encode(texts):
+        rows = []
+        for t in texts:
+            if t not in table:
+                g = torch.Generator().manual_seed(sum(ord(ch) * 31**i for i, ch in enumerate(t)))
+                table[t] = F.normalize(torch.randn(dim, generator=g), dim=0)
+            rows.append(table[t])
+        return torch.stack(rows)
+
+    return encode
+
+
+@pytest.fixture(scope="module")
+def tiny() -> LoadedModel:
+    """A tiny GAP + linear 'classifier' in float64 so finite differences are exact enough."""
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(8, 6, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(6, len(CLASSES)),
+    ).double()
+    model.eval()
+    cfg = PreprocessConfig(12, (0.5,) * 3, (0.5,) * 3, "bilinear", 1.0)
+    return LoadedModel("tiny", "convnet", model, model, cfg, "x", True, CLASSES)
+
+
+@pytest.fixture(scope="module")
+def tiny_images() -> torch.Tensor:
+    return torch.randn(4, 3, 12, 12, generator=torch.Generator().manual_seed(3)).double()
+
+
+def test_search_returns_planted_unit_first(tmp_path) -> None:
+    gen = torch.Generator().manual_seed(0)
+    vectors = {
+        "a": torch.randn(30, 24, generator=gen),
+        "b": torch.randn(50, 24, generator=gen),
+        "c": torch.randn(20, 24, generator=gen),
+    }
+    query = torch.randn(24, generator=gen)
+    vectors["b"][17] = 5.0 * query  # scale must not matter: the index is cosine
+    index = SearchIndex(vectors)
+    found = index.query(query, top=5)
+    assert found[0][:2] == ("b", 17)
+    assert found[0][2] == pytest.approx(1.0, abs=1e-5)
+    assert [s for _, _, s in found] == sorted((s for _, _, s in found), reverse=True)
+    only_c = index.query(query, top=100, layer="c")
+    assert len(only_c) == 20 and {lay for lay, _, _ in only_c} == {"c"}
+    path = tmp_path / "index.npz"
+    index.save(path)
+    assert SearchIndex.load(path).query(query, top=10) == index.query(query, top=10)
+
+
+def test_search_20k_units_is_fast() -> None:
+    gen = np.random.default_rng(0)
+    index = SearchIndex({"l": gen.standard_normal((20000, 384)).astype(np.float32)})
+    q = gen.standard_normal(384)
+    index.query(q)
+    times = []
+    for _ in range(5):
+        t0 = time.perf_counter()
+        index.query(q, top=50)
+        times.append(time.perf_counter() - t0)
+    assert min(times) < 0.2
+
+
+def test_classifier_head_reads_the_last_layer(tiny) -> None:
+    enc = fixed_encoder()
+    head = classifier_head(tiny, enc, top_classes=1)
+    assert head.last_layer_path == "2"
+    w = get_module(tiny.image_model, "6").weight.float()  # (C, U)
+    # With one kept class the query is that class's (centred) logit direction.
+    weights = head.penultimate_weights(["dog"])[0]  # (U,)
+    centred = w - w.mean(0, keepdim=True)
+    assert torch.corrcoef(torch.stack([weights, centred[1]]))[0, 1] > 0.999
+
+
+def test_unit_vectors_match_finite_differences(tiny, tiny_images) -> None:
+    head = classifier_head(tiny, fixed_encoder())
+    layers = {"0": NCHW, "2": NCHW}
+    ids = torch.arange(4)
+    vectors = compute_unit_vectors(tiny, head, layers, [(tiny_images, ids)], rank=8)
+    assert vectors["2"].shape == (6, len(CLASSES))
+    assert torch.allclose(vectors["2"], head.readout.T)
+    model, eps = tiny.image_model, 1e-6
+    for unit in (0, 5):
+
+        def scaled(factor: float, unit: int = unit) -> torch.Tensor:
+            def hook(_m, _i, out):
+                out = out.clone()
+                out[:, unit] *= factor
+                return out
+
+            handle = model[0].register_forward_hook(hook)
+            try:
+                with torch.no_grad():
+                    return head.output(model(tiny_images)).mean(0)  # (C,)
+            finally:
+                handle.remove()
+
+        fd = (scaled(1 + eps) - scaled(1 - eps)) / (2 * eps)  # d output / d log-scale of unit
+        assert torch.allclose(vectors["0"][unit].double(), fd, atol=1e-5)
+    # With top examples, a unit averages only over its own.
+    top_ids = {"0": torch.tensor([[1, 3]] * 8)}
+    own = compute_unit_vectors(tiny, head, {"0": NCHW}, [(tiny_images, ids)], top_ids, rank=8)
+    basis = output_basis(head, 8)
+    per = attribution(tiny, head, {"0": NCHW}, tiny_images, basis)["0"]  # (N, U, r)
+    expected = per[[1, 3]].mean(0) @ basis.T  # (U, S)
+    assert torch.allclose(own["0"], expected.float(), atol=1e-5)
+
+
+def test_example_vectors_average_outputs_of_top_examples() -> None:
+    outputs = torch.arange(12, dtype=torch.float32).reshape(4, 3)  # (N, S)
+    ids = torch.tensor([10, 11, 12, 13])
+    tops = {"l": torch.tensor([[13, 10], [11, -1]])}
+    v = example_vectors(ids, outputs, tops)["l"]
+    assert torch.equal(v, torch.stack([(outputs[3] + outputs[0]) / 2, outputs[1]]))
+
+
+def test_rendered_words_render_and_are_mined(tiny) -> None:
+    img = render_word("espresso", 64)
+    a = np.asarray(img.convert("L"))
+    assert img.size == (64, 64)
+    ys, xs = np.nonzero(a < 128)
+    assert len(ys) > 20 and abs(xs.mean() - 32) < 6 and abs(ys.mean() - 32) < 6
+    assert render_word("ab", 64).tobytes() != render_word("ba", 64).tobytes()
+    words = ["cat", "dog", "a", "xylophone", "tree"]
+    acts = word_activations(tiny, {"2": NCHW}, words, batch=2)["2"]  # (W, U)
+    assert acts.shape == (5, 6)
+    tops = top_words(acts, words, k=3)
+    assert len(tops) == 6
+    for u, row in enumerate(tops):
+        best = int(acts[:, u].argmax())
+        assert row[0][0] == words[best]
+        assert row[0][1] == pytest.approx(float(acts[best, u] - acts[:, u].mean()), abs=1e-5)
+
+
+def test_textfv_top_16_sorted_and_planted_first() -> None:
+    words = dictionary_words(limit=300)
+    assert words and all(w.isalpha() and w.islower() for w in words)
+    vocab = build_vocabulary(CLASSES, words)
+    assert vocab[: len(CLASSES)] == CLASSES and "a photo of a dog" in vocab
+    enc = fixed_encoder(32)
+    emb = enc(vocab)
+    unit = emb[vocab.index("a photo of a dog")] + 0.01 * torch.ones(32)
+    tops = top_strings(torch.stack([unit, -unit]), emb, vocab, k=16)
+    assert len(tops) == 2 and all(len(t) == 16 for t in tops)
+    assert tops[0][0][0] == "a photo of a dog"
+    for row in tops:
+        scores = [s for _, s in row]
+        assert scores == sorted(scores, reverse=True)
+
+
+def test_auto_labels_agreement_and_confidence() -> None:
+    enc = fixed_encoder(64)
+    text = [
+        [("dog", 0.9), ("cat", 0.5)],
+        [("boat", 0.8), ("car", 0.7)],
+    ]
+    examples = [["dog", "dog", "dog"], ["tree", "cat", "dog"]]
+    labels = auto_labels(text, examples, enc)
+    assert labels[0] == ("dog", pytest.approx(1.0))
+    assert 0.0 <= labels[1][1] < 0.5
+    assert auto_labels(text, examples, enc) == labels
+
+
+def test_families_recover_planted_clusters() -> None:
+    gen = torch.Generator().manual_seed(0)
+    centres = F.normalize(torch.randn(3, 32, generator=gen), dim=1) * 5
+    vectors = torch.cat([c + 0.3 * torch.randn(10, 32, generator=gen) for c in centres])
+    keys = [("l", i) for i in range(30)]
+    vocab = ["alpha", "beta", "gamma", "delta"]
+    vocab_emb = torch.cat([centres, torch.randn(1, 32, generator=gen)])
+    fams = propose_families(vectors, keys, vocab_emb, vocab, k_range=(2, 6))
+    assert len(fams) == 3
+    groups = sorted(sorted(u for _, u in f.members) for f in fams)
+    assert groups == [list(range(0, 10)), list(range(10, 20)), list(range(20, 30))]
+    names = {f.words[0] for f in fams}
+    assert names == {"alpha", "beta", "gamma"}
+    again = propose_families(vectors, keys, vocab_emb, vocab, k_range=(2, 6))
+    assert [f.members for f in again] == [f.members for f in fams]
+
+
+def test_lasso_composition_recovers_planted_units() -> None:
+    gen = torch.Generator().manual_seed(1)
+    vectors = F.normalize(torch.randn(60, 64, generator=gen), dim=1)
+    concept = 0.8 * vectors[7] + 0.5 * vectors[42]
+    keys = [("blocks.6" if i < 30 else "conv_head", i % 30) for i in range(60)]
+    comp = compose(concept, vectors, keys, alpha=0.002)
+    assert {(lay, u) for _, lay, u in comp[:2]} == {keys[7], keys[42]}
+    assert comp[0][0] > comp[1][0] > 0
+    assert all(abs(w) < 0.1 for w, _, _ in comp[2:])
