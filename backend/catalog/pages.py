@@ -99,10 +99,11 @@ def layer_page(
     layer: str,
     session: SessionDep,
     offset: int = Query(0, ge=0),
+    view: str = Query("auto", pattern="^(auto|featvis|examples|label)$"),
 ) -> HTMLResponse:
     m = service.get_model(session, model)
     lyr = service.get_layer(session, m, layer)
-    units = service.list_units(session, m, lyr, offset=offset, limit=GRID_PAGE)
+    units = service.list_units(session, m, lyr, offset=offset, limit=GRID_PAGE, view=view)
     ctx = {
         "model": service.model_out(m),
         "layer": service.layer_out(m, lyr),
@@ -111,6 +112,7 @@ def layer_page(
         "page_size": GRID_PAGE,
         "next_offset": offset + GRID_PAGE if offset + GRID_PAGE < lyr.unit_count else None,
         "prev_offset": max(0, offset - GRID_PAGE) if offset > 0 else None,
+        "view": view,
     }
     name = "_unit_grid.html" if is_htmx(request) else "layer.html"
     return templates.TemplateResponse(request, name, ctx)

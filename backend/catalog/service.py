@@ -173,15 +173,24 @@ def unit_view(session: Session, model_slug: str, layer_name: str, index: int) ->
     return UnitView(model, layer, unit, out, by_kind)
 
 
+GRID_VIEWS = {
+    "auto": (("featvis", "channel"), ("example_crop", "thumb")),
+    "featvis": (("featvis", "channel"),),
+    "examples": (("example_crop", "thumb"),),
+    "label": (),
+}
+
+
 def list_units(
-    session: Session, model: Model, layer: Layer, *, offset: int, limit: int
+    session: Session, model: Model, layer: Layer, *, offset: int, limit: int, view: str = "auto"
 ) -> list[dict[str, Any]]:
     """Units of one page of the grid, with a thumbnail URL where one exists."""
     repo = CatalogRepository(session)
     units = repo.list_units(layer.id, offset=offset, limit=limit)
     thumbs: dict[int, str] = {}
-    # Grid thumbnails: the feature visualization where there is one, else the top example.
-    for kind, variant in (("featvis", "channel"), ("example_crop", "thumb")):
+    # Grid thumbnails: by default the feature visualization where there is one, else the top
+    # example; "label" shows labels only.
+    for kind, variant in GRID_VIEWS.get(view, GRID_VIEWS["auto"]):
         for a in repo.layer_artifacts(layer.id, kind, [u.index for u in units]):
             if a.variant == variant and a.unit_index is not None and a.unit_index not in thumbs:
                 thumbs[a.unit_index] = urls.object_url(a.storage_key)

@@ -43,6 +43,9 @@ def test_model_layer_unit_navigation(client, session, settings) -> None:
     fs = soup(frag)
     assert fs.find("html") is None
     assert [a["href"] for a in fs.select(".unit-cell a")][0] == "/models/tiny/blocks.1/96"
+    labels_only = soup(client.get("/models/tiny/blocks.1?view=label", headers=HTML))
+    assert labels_only.select(".unit-grid img") == []
+    assert client.get("/models/tiny/blocks.1?view=bogus", headers=HTML).status_code == 422
 
     unit = soup(client.get("/models/tiny/blocks.1/5", headers=HTML))
     assert "Unit 5" in unit.h1.text
