@@ -201,11 +201,16 @@ def _patch_grid_columns() -> None:
     from backend.catalog.repository import CatalogRepository
     from backend.db.models import Artifact
 
-    def list_units(session: Any, model: Any, layer: Any, *, offset: int, limit: int) -> Any:
+    def list_units(
+        session: Any, model: Any, layer: Any, *, offset: int, limit: int, view: str = "auto"
+    ) -> Any:
         units = CatalogRepository(session).list_units(layer.id, offset=offset, limit=limit)
         idx = [u.index for u in units]
         thumbs: dict[int, str] = {}
-        for kind, variant in (("featvis", "channel"), ("example_crop", "thumb")):
+        grid_views = getattr(service, "GRID_VIEWS", None) or {
+            "auto": (("featvis", "channel"), ("example_crop", "thumb"))
+        }
+        for kind, variant in grid_views.get(view, grid_views["auto"]):
             rows = session.execute(
                 select(Artifact.unit_index, Artifact.storage_key).where(
                     Artifact.layer_id == layer.id,

@@ -191,9 +191,9 @@ def list_units(
     # Grid thumbnails: by default the feature visualization where there is one, else the top
     # example; "label" shows labels only.
     for kind, variant in GRID_VIEWS.get(view, GRID_VIEWS["auto"]):
-        for a in repo.layer_artifacts(layer.id, kind, [u.index for u in units]):
-            if a.variant == variant and a.unit_index is not None and a.unit_index not in thumbs:
-                thumbs[a.unit_index] = urls.object_url(a.storage_key)
+        keys = repo.layer_thumbnail_keys(layer.id, kind, variant, [u.index for u in units])
+        for index, key in keys.items():
+            thumbs.setdefault(index, urls.object_url(key))
     return [
         {
             "index": u.index,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import zlib
 
 import numpy as np
 import pytest
@@ -37,7 +38,7 @@ def fixed_encoder(dim: int = 16):
         rows = []
         for t in texts:
             if t not in table:
-                g = torch.Generator().manual_seed(sum(ord(ch) * 31**i for i, ch in enumerate(t)))
+                g = torch.Generator().manual_seed(zlib.crc32(t.encode()))
                 table[t] = F.normalize(torch.randn(dim, generator=g), dim=0)
             rows.append(table[t])
         return torch.stack(rows)
@@ -45,9 +46,8 @@ def fixed_encoder(dim: int = 16):
     return encode
 
 
-@pytest.fixture(scope="module")
-def tiny() -> LoadedModel:
-    """A tiny GAP + linear 'classifier' in float64 so finite differences are exact enough."""
+def tiny_model() -> LoadedModel:
+    """A tiny GAP + linear 'classifier'."""
     torch.manual_seed(0)
     model = nn.Sequential(
         nn.Conv2d(3, 8, 3, padding=1),
@@ -57,15 +57,22 @@ def tiny() -> LoadedModel:
         nn.AdaptiveAvgPool2d(1),
         nn.Flatten(),
         nn.Linear(6, len(CLASSES)),
-    ).double()
+    )
     model.eval()
     cfg = PreprocessConfig(12, (0.5,) * 3, (0.5,) * 3, "bilinear", 1.0)
     return LoadedModel("tiny", "convnet", model, model, cfg, "x", True, CLASSES)
 
 
 @pytest.fixture(scope="module")
+def tiny() -> LoadedModel:
+    return tiny_model()
+
+
+@pytest.fixture(scope="module")
 def tiny_images() -> torch.Tensor:
-    return torch.randn(4, 3, 12, 12, generator=torch.Generator().manual_seed(3)).double()
+    return torch.randn(
+        4, 3, 12, 12, generator=torch.Generator().manual_seed(3)
+    ).double()  # (N, 3, 12, 12)
 
 
 def test_search_returns_planted_unit_first(tmp_path) -> None:
@@ -113,8 +120,10 @@ def test_classifier_head_reads_the_last_layer(tiny) -> None:
     assert torch.corrcoef(torch.stack([weights, centred[1]]))[0, 1] > 0.999
 
 
-def test_unit_vectors_match_finite_differences(tiny, tiny_images) -> None:
+def test_unit_vectors_match_finite_differences(tiny_images) -> None:
+    tiny = tiny_model()
     head = classifier_head(tiny, fixed_encoder())
+    tiny.image_model.double()  # after the head is built: float64 makes finite differences exact
     layers = {"0": NCHW, "2": NCHW}
     ids = torch.arange(4)
     vectors = compute_unit_vectors(tiny, head, layers, [(tiny_images, ids)], rank=8)
@@ -228,3 +237,26 @@ def test_lasso_composition_recovers_planted_units() -> None:
     assert {(lay, u) for _, lay, u in comp[:2]} == {keys[7], keys[42]}
     assert comp[0][0] > comp[1][0] > 0
     assert all(abs(w) < 0.1 for w, _, _ in comp[2:])
+
+
+def test_espresso_query_ranks_the_units_that_drive_class_967(default_model) -> None:
+    from workers.ml.text.heads import make_text_head
+
+    head = make_text_head(default_model)  # the real MiniLM sentence encoder, offline
+    assert head.kind == "classifier" and head.last_layer_path == "conv_head"
+    direction = head.logit_direction(["espresso"])[0]  # (C,)
+    assert int(direction.argmax()) == 967
+    weights = head.penultimate_weights(["espresso"])[0]  # (U,)
+    model = default_model.image_model
+    w = model.classifier.weight.detach()  # (C, U)
+    bn = model.bn2
+    gain = (bn.weight / torch.sqrt(bn.running_var + bn.eps)).detach()  # (U,)
+    drive = (w[967] - w.mean(0)) * gain  # how much each unit raises espresso over the rest
+    top = set(weights.topk(10).indices.tolist())
+    assert len(top & set(drive.topk(20).indices.tolist())) >= 8
+    assert torch.corrcoef(torch.stack([weights, drive]))[0, 1] > 0.8
+    # In sentence space the espresso units point at coffee words.
+    text = head.to_text(head.readout.T[list(top)])  # (10, 384)
+    emb = head.encode(["espresso", "coffee", "volcano", "zebra"])  # (4, 384)
+    sims = F.normalize(text, dim=-1) @ emb.T  # (10, 4)
+    assert sims[:, 0].mean() > sims[:, 2].mean() and sims[:, 0].mean() > sims[:, 3].mean()

@@ -167,7 +167,7 @@ def _classifier_parts(loaded: LoadedModel) -> tuple[str, nn.Linear, torch.Tensor
     layers = [
         info
         for info in enumerate_layers(loaded, all_layers=True)
-        if info.kind in ("stage", "block", "conv") and info.unit_count == units
+        if info.kind in ("stage", "block", "conv", "stem") and info.unit_count == units
     ]
     if not layers:
         raise NoTextHead("could not find the layer the classifier head reads")

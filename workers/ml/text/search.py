@@ -82,4 +82,7 @@ class SearchIndex:
             matrix = z["matrix"]
         ends = np.cumsum(counts)
         parts = np.split(matrix, ends[:-1])
-        return cls(dict(zip(layers, parts, strict=True)))
+        index = cls(dict(zip(layers, parts, strict=True)))
+        # Already normalised: keep the saved bits so scores are identical after a round trip.
+        index.matrix = np.ascontiguousarray(matrix, dtype=np.float32)
+        return index

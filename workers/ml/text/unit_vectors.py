@@ -53,7 +53,7 @@ def attribution(
     param = next(model.parameters())
     x = images.to(param.device, param.dtype)  # (N, 3, S, S)
     paths = list(layers)
-    b = basis.to(param.device)  # (S, r)
+    b = basis.to(param.device, param.dtype)  # (S, r)
     with torch.enable_grad(), capture(model, paths, detach=False) as store:
         out = model(x)  # (N, S) raw output (logits or image embedding)
         acts = [store[p] for p in paths]
