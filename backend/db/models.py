@@ -32,6 +32,7 @@ ARTIFACT_KINDS = {
     "weights_nmf": "NMF-RGB view of the unit's weights (PNG)",
     "weights_svd": "SVD view of a layer pair's weights (JSON)",
     "neuron_card": "a shareable PNG card: feature vis, top examples, label",
+    "search_index": "per-model unit text vectors and vocabulary embeddings (npz)",
     "thumbnail": "a dataset image thumbnail (JPEG)",
 }
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Query, status
+from fastapi import APIRouter, Query, Request, status
 
 from backend import urls
 from backend.deps import AdminDep, SessionDep
@@ -65,9 +65,20 @@ def set_label(model: str, layer: str, unit: int, body: LabelUpdate, session: Ses
 
 @router.get("/search", response_model=list[Card], tags=["search"])
 def search(
+    request: Request,
     session: SessionDep,
-    q: str = Query(..., min_length=1, description="text to look for in unit labels"),
+    q: str = Query(..., min_length=1, description="a concept in words, or a label"),
     model: str | None = Query(None, description="restrict to one model"),
+    mode: str = Query(
+        "auto", pattern="^(auto|text|label)$", description="text, label, or auto (text, else label)"
+    ),
 ) -> list[Card]:
-    """Units whose label contains the query."""
+    """Zero-shot neuron search (``mode=text``: units ranked by how well their text vector
+    matches the query), units whose label contains the query (``mode=label``), or the first
+    that finds something (``auto``)."""
+    if mode == "label":
+        return service.search_labels(session, q, model=model)
+    hits = service.search_text(session, request.app.state.store, q, model=model)[0]
+    if hits or mode == "text":
+        return hits
     return service.search_labels(session, q, model=model)

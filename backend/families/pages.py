@@ -27,9 +27,19 @@ def family_page(request: Request, slug: str, session: SessionDep) -> HTMLRespons
 
 @router.get("/search", response_class=HTMLResponse)
 def search_page(
-    request: Request, session: SessionDep, q: str = Query(""), model: str | None = None
+    request: Request,
+    session: SessionDep,
+    q: str = Query(""),
+    model: str | None = None,
+    mode: str = Query("text", pattern="^(auto|text|label)$"),
 ) -> HTMLResponse:
-    results = service.search_labels(session, q, model=model) if q else []
+    results: list[service.Card] = []
+    used: list[str] = []
+    if q and mode == "text":
+        results, used = service.search_text(session, request.app.state.store, q, model=model)
+    labels = service.search_labels(session, q, model=model) if q else []
     return templates.TemplateResponse(
-        request, "search.html", {"q": q, "results": results, "model": model}
+        request,
+        "search.html",
+        {"q": q, "results": results, "used": used, "labels": labels, "model": model, "mode": mode},
     )

@@ -14,6 +14,8 @@ from backend.catalog import service as catalog
 from backend.catalog.spec import slugify
 from backend.db.models import Artifact, Family, FamilyMember, Layer, Model, Unit
 from backend.errors import InvalidInput, NotFoundError
+from backend.storage import NotFound, ObjectStore
+from backend.textsearch import load_index
 
 
 class MemberRef(BaseModel):
@@ -43,6 +45,7 @@ class Card(BaseModel):
     note: str | None = None
     url: str
     thumbnail: str | None
+    score: float | None = None
 
 
 class FamilyOut(BaseModel):
@@ -211,3 +214,44 @@ def search_labels(
         stmt = stmt.where(Model.slug == model)
     rows = session.execute(stmt.order_by(Unit.label_confidence.desc(), Unit.id).limit(limit)).all()
     return cards(session, [(m, layer, u, None) for m, layer, u in rows])
+
+
+def search_text(
+    session: Session, store: ObjectStore, q: str, *, model: str | None = None, top: int = 30
+) -> tuple[list[Card], list[str]]:
+    """Zero-shot neuron search: units whose text vector is closest to the query's."""
+    stmt = (
+        select(Model, Artifact.storage_key)
+        .join(Artifact, Artifact.model_id == Model.id)
+        .where(Artifact.kind == "search_index", Artifact.layer_id.is_(None))
+    )
+    if model:
+        stmt = stmt.where(Model.slug == model)
+    found: list[tuple[float, Model, str, int]] = []
+    used: list[str] = []
+    for m, key in session.execute(stmt).all():
+        try:
+            index = load_index(store, key)
+        except NotFound:
+            continue
+        hits, terms = index.search(q, top=top)
+        used = used or terms
+        found += [(h.score, m, h.layer, h.unit) for h in hits]
+    found.sort(key=lambda t: -t[0])
+    found = found[:top]
+    rows: list[tuple[Model, Layer, Unit, str | None]] = []
+    scores: list[float] = []
+    for score, m, layer_name, index_ in found:
+        layer = session.scalar(
+            select(Layer).where(Layer.model_id == m.id, Layer.name == layer_name)
+        )
+        if layer is None:
+            continue
+        unit = session.scalar(select(Unit).where(Unit.layer_id == layer.id, Unit.index == index_))
+        if unit is not None:
+            rows.append((m, layer, unit, None))
+            scores.append(score)
+    out = cards(session, rows)
+    for c, sc in zip(out, scores, strict=True):
+        c.score = round(sc, 4)
+    return out, used
