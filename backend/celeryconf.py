@@ -16,6 +16,7 @@ TASK_MINE_EXAMPLES = "microscope.mine_examples"
 TASK_MINE_SHARD = "microscope.mine_examples_shard"
 TASK_FEATVIS = "microscope.featvis"
 TASK_FEATVIS_BULK = "microscope.featvis_bulk"
+TASK_TEXT_VIEWS = "microscope.text_views"
 # job kind -> task name, used to send unfinished jobs again after a crash.
 TASKS = {
     "register_model": TASK_REGISTER_MODEL,
@@ -24,6 +25,7 @@ TASKS = {
     "mine_shard": TASK_MINE_SHARD,
     "featvis": TASK_FEATVIS,
     "featvis_bulk": TASK_FEATVIS_BULK,
+    "text_views": TASK_TEXT_VIEWS,
 }
 
 

@@ -5,7 +5,12 @@ from __future__ import annotations
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from backend.celeryconf import TASK_FEATVIS, TASK_FEATVIS_BULK, TASK_MINE_EXAMPLES
+from backend.celeryconf import (
+    TASK_FEATVIS,
+    TASK_FEATVIS_BULK,
+    TASK_MINE_EXAMPLES,
+    TASK_TEXT_VIEWS,
+)
 from backend.config import get_settings
 from backend.db.models import Dataset, Job, Layer, Model
 from backend.errors import InvalidInput
@@ -36,6 +41,18 @@ def queue_precompute(
             dataset_id=dataset.id,
         )
     ]
+    jobs.append(
+        enqueue_job(
+            session,
+            kind="text_views",
+            task_name=TASK_TEXT_VIEWS,
+            params={"model_id": model.id, "dataset_id": dataset.id},
+            queue="gpu",
+            priority=4,
+            model_id=model.id,
+            dataset_id=dataset.id,
+        )
+    )
     if featvis_units != 0:
         jobs.append(
             enqueue_job(

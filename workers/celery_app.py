@@ -11,4 +11,5 @@ app.conf.imports = (
     "workers.tasks.datasets",
     "workers.tasks.mining",
     "workers.tasks.featvis",
+    "workers.tasks.text",
 )

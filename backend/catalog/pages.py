@@ -7,7 +7,7 @@ from fastapi.responses import HTMLResponse
 
 from backend.catalog import service
 from backend.catalog.repository import CatalogRepository
-from backend.catalog.views import VIEW_TITLES, examples_view, group_views
+from backend.catalog.views import VIEW_TITLES, examples_view, group_views, text_view
 from backend.deps import SessionDep, is_admin
 from backend.families.service import unit_families
 from backend.jobs.repository import JobRepository
@@ -67,9 +67,11 @@ def unit_page(
     if job_id is not None:
         found = JobRepository(session).get(job_id)
         job = job_out(found) if found is not None else None
-    examples = None
+    examples = text = None
     if active == "examples":
         examples = examples_view(session, request.app.state.store, views["examples"])
+    if active == "text":
+        text = text_view(request.app.state.store, views["text"])
     return templates.TemplateResponse(
         request,
         "unit.html",
@@ -81,6 +83,7 @@ def unit_page(
             "titles": VIEW_TITLES,
             "active": active,
             "examples": examples,
+            "text": text,
             "heatmap": request.query_params.get("heatmap") == "1",
             "families": unit_families(session, v.unit),
             "missing": missing,

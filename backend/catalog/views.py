@@ -47,6 +47,22 @@ def _key(url: str) -> str:
     return url.removeprefix("/objects/")
 
 
+def text_view(store: ObjectStore, arts: dict[str, list[ArtifactOut]]) -> dict[str, Any] | None:
+    """The unit's top strings (text feature visualization) with bar widths."""
+    fv = arts.get("text_fv") or []
+    if not fv:
+        return None
+    try:
+        top = json.loads(store.get(_key(fv[0].url))).get("top", [])
+    except (NotFound, ValueError):
+        return None
+    best = max((t["score"] for t in top), default=1.0) or 1.0
+    return {
+        "top": [{**t, "width": max(2.0, 100.0 * t["score"] / best)} for t in top],
+        "url": fv[0].url,
+    }
+
+
 def histogram_bars(
     hist: dict[str, Any], width: int = 320, height: int = 80
 ) -> list[dict[str, float]]:

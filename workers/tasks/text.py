@@ -1,0 +1,209 @@
+"""Task: text-aligned views of a model — search index, text feature vis, labels, families."""
+
+from __future__ import annotations
+
+import io
+import json
+from collections import Counter
+from typing import Any
+
+import numpy as np
+import torch
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from backend.catalog.spec import slugify
+from backend.celeryconf import TASK_TEXT_VIEWS
+from backend.config import get_settings
+from backend.db.models import Artifact, Family, FamilyMember, Job, Unit
+from backend.storage import make_store
+from workers.celery_app import app
+from workers.tasks.artifacts import publish
+from workers.tasks.jobrun import Progress, Waiting, run_job
+from workers.tasks.mining import BATCH, _device, _loader_fn, cached_model, make_plan
+
+TOP_EXAMPLES = 8  # a unit's text vector: the head's mean output over its top examples
+VOCAB_WORDS = 5000  # dictionary words in the vocabulary (plus class names and prompts)
+FAMILY_SIZE = 24
+TEXT_VERSION = 1
+
+
+def _mining_done(session: Session, model_id: int, dataset_id: int) -> bool:
+    jobs = session.scalars(
+        select(Job).where(Job.kind == "mine_examples", Job.model_id == model_id)
+    ).all()
+    return any(j.state == "succeeded" and j.params.get("dataset_id") == dataset_id for j in jobs)
+
+
+def text_views(session: Session, job: Job, progress: Progress) -> str:
+    """Unit text vectors from the head's output over each unit's top dataset examples, then
+    the search index, each unit's top strings, automatic labels and proposed families."""
+    from workers.ml.mining import make_loader
+    from workers.ml.text.families import propose_families
+    from workers.ml.text.heads import NoTextHead, make_text_head
+    from workers.ml.text.labels import auto_labels
+    from workers.ml.text.textfv import build_vocabulary, dictionary_words, top_strings
+    from workers.ml.text.unit_vectors import example_vectors, head_outputs
+
+    p: dict[str, Any] = job.params
+    plan = make_plan(session, p["model_id"], p["dataset_id"])
+    if not _mining_done(session, plan.model.id, plan.ds.id):
+        raise Waiting(f"waiting for the dataset examples of {plan.model.slug}")
+    model, layers, store = plan.model, plan.layers, make_store(get_settings())
+    session.commit()
+    loaded = cached_model(model.spec, _device())
+    try:
+        head = make_text_head(loaded)
+    except NoTextHead as e:
+        return f"no text-aligned head: {e}"
+    n_words = int(p.get("vocab_words", VOCAB_WORDS))
+    progress(0, 5, "head outputs over the dataset")
+    ids, outputs = head_outputs(
+        loaded,
+        head,
+        make_loader(plan.ids, _loader_fn(plan, loaded.preprocess, plan.ids), BATCH),
+    )  # (N,), (N, S)
+
+    # Each unit's top example ids, from the published dataset-example indexes.
+    index_keys = {
+        (lid, u): key
+        for lid, u, key in session.execute(
+            select(Artifact.layer_id, Artifact.unit_index, Artifact.storage_key).where(
+                Artifact.model_id == model.id, Artifact.kind == "dataset_examples"
+            )
+        )
+    }
+    top_ids: dict[str, torch.Tensor] = {}
+    for layer in layers:
+        rows = []
+        for u in range(layer.unit_count):
+            key = index_keys.get((layer.id, u))
+            top = json.loads(store.get(key))["top"][:TOP_EXAMPLES] if key else []
+            ids_u = [e["image_id"] for e in top] + [-1] * (TOP_EXAMPLES - len(top))
+            rows.append(ids_u)
+        top_ids[layer.module_path] = torch.tensor(rows, dtype=torch.int64)  # (U, k)
+    progress(1, 5, "unit vectors")
+    space = example_vectors(ids, outputs, top_ids)  # path -> (U, S)
+    text = {path: head.to_text(v).float() for path, v in space.items()}  # path -> (U, D)
+
+    progress(2, 5, "vocabulary")
+    vocab = build_vocabulary(loaded.class_names or [], dictionary_words(limit=n_words))
+    vocab_emb = torch.nn.functional.normalize(head.encode(vocab).float(), dim=-1)  # (V, D)
+
+    # The search index the web process queries with numpy.
+    names = [x.name for x in layers]
+    unit_layer = np.concatenate([np.full(x.unit_count, i) for i, x in enumerate(layers)])
+    unit_index = np.concatenate([np.arange(x.unit_count) for x in layers])
+    vecs = torch.cat([text[x.module_path] for x in layers])  # (U_all, D)
+    vecs = torch.nn.functional.normalize(vecs, dim=-1)
+    buf = io.BytesIO()
+    np.savez_compressed(
+        buf,
+        layer_names=np.array(names),
+        unit_layer=unit_layer.astype(np.int32),
+        unit_index=unit_index.astype(np.int32),
+        unit_vecs=vecs.numpy().astype(np.float32),
+        vocab=np.array(vocab),
+        vocab_vecs=vocab_emb.numpy().astype(np.float16),
+    )
+    params = {
+        "dataset_checksum": plan.ds.checksum,
+        "model_checksum": model.weights_checksum,
+        "vocab_words": n_words,
+        "top_examples": TOP_EXAMPLES,
+        "version": TEXT_VERSION,
+    }
+    session.execute(
+        Artifact.__table__.delete().where(
+            Artifact.model_id == model.id, Artifact.kind == "search_index"
+        )
+    )
+    publish(
+        session,
+        store,
+        model=model,
+        layer=None,
+        unit=None,
+        kind="search_index",
+        variant="",
+        params=params,
+        data=buf.getvalue(),
+        ext="npz",
+        content_type="application/octet-stream",
+        meta={"units": int(vecs.shape[0]), "vocab": len(vocab), "dim": int(vecs.shape[1])},
+    )
+
+    session.commit()  # progress writes in its own transaction: never while holding the lock
+    progress(3, 5, "text feature visualizations and labels")
+    classes = loaded.class_names or []
+    row = {int(i): r for r, i in enumerate(ids.tolist())}
+    predicted = outputs.argmax(dim=1).tolist() if classes else []
+    units_by_key = {
+        (u.layer_id, u.index): u
+        for u in session.scalars(select(Unit).where(Unit.layer_id.in_([x.id for x in layers])))
+    }
+    for layer in layers:
+        tops = top_strings(text[layer.module_path], vocab_emb, vocab, k=16)
+        examples = [
+            [classes[predicted[row[i]]] for i in r.tolist() if i >= 0 and i in row]
+            if classes
+            else []
+            for r in top_ids[layer.module_path]
+        ]
+        labels = auto_labels(tops, examples, head.encode)
+        for u, (strings, (label, conf)) in enumerate(zip(tops, labels, strict=True)):
+            publish(
+                session,
+                store,
+                model=model,
+                layer=layer,
+                unit=u,
+                kind="text_fv",
+                variant="",
+                params=params,
+                data=json.dumps({"top": [{"text": s, "score": sc} for s, sc in strings]}).encode(),
+                ext="json",
+                content_type="application/json",
+            )
+            unit = units_by_key.get((layer.id, u))
+            if unit is not None and unit.label_source != "admin" and label:
+                unit.label, unit.label_source, unit.label_confidence = label, "auto", conf
+        session.commit()
+
+    session.commit()
+    progress(4, 5, "families")
+    keys = [(x.name, int(i)) for x in layers for i in range(x.unit_count)]
+    proposals = propose_families(vecs, keys, vocab_emb, vocab)
+    prefix = f"{model.slug}-auto-"
+    for old in session.scalars(select(Family).where(Family.slug.startswith(prefix))):
+        session.delete(old)
+    session.flush()
+    layer_ids = {x.name: x.id for x in layers}
+    made = Counter[str]()
+    for prop in proposals:
+        slug = slugify(f"{prefix}{prop.name}")
+        made[slug] += 1
+        if made[slug] > 1:
+            slug = f"{slug}-{made[slug]}"
+        fam = Family(
+            slug=slug,
+            name=f"{prop.name} ({model.slug})",
+            description="proposed by clustering the units' text vectors: " + ", ".join(prop.words),
+            source="auto",
+        )
+        session.add(fam)
+        session.flush()
+        for pos, (layer_name, u) in enumerate(prop.members[:FAMILY_SIZE]):
+            unit = units_by_key.get((layer_ids[layer_name], u))
+            if unit is not None:
+                session.add(FamilyMember(family_id=fam.id, unit_id=unit.id, position=pos))
+    return f"{int(vecs.shape[0])} units, {len(vocab)} strings, {len(proposals)} families"
+
+
+@app.task(
+    name=TASK_TEXT_VIEWS,
+    autoretry_for=(Waiting,),
+    retry_kwargs={"countdown": 5, "max_retries": None},
+)
+def text_views_task(job_id: int) -> str:
+    return run_job(job_id, text_views)
