@@ -17,6 +17,7 @@ TASK_MINE_SHARD = "microscope.mine_examples_shard"
 TASK_FEATVIS = "microscope.featvis"
 TASK_FEATVIS_BULK = "microscope.featvis_bulk"
 TASK_TEXT_VIEWS = "microscope.text_views"
+TASK_RENDERED_WORDS = "microscope.rendered_words"
 # job kind -> task name, used to send unfinished jobs again after a crash.
 TASKS = {
     "register_model": TASK_REGISTER_MODEL,
@@ -26,6 +27,7 @@ TASKS = {
     "featvis": TASK_FEATVIS,
     "featvis_bulk": TASK_FEATVIS_BULK,
     "text_views": TASK_TEXT_VIEWS,
+    "rendered_words": TASK_RENDERED_WORDS,
 }
 
 

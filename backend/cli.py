@@ -213,6 +213,10 @@ def up(
             help="units per default layer rendered in bulk (default: all on a GPU, 4 on a CPU)"
         ),
     ] = None,
+    words: Annotated[
+        int | None,
+        typer.Option(help="dictionary words rendered and mined (default: 10000 GPU, 2000 CPU)"),
+    ] = None,
 ) -> None:
     """The main job: migrate, assemble the demo dataset, register the model, start a worker,
     queue every precompute job, and serve."""
@@ -224,8 +228,11 @@ def up(
     from backend.jobs.service import resend_unfinished
     from backend.precompute import queue_precompute
 
+    gpu = _default_featvis_units(s) is None
     if featvis_units is None:
-        featvis_units = _default_featvis_units(s)
+        featvis_units = None if gpu else 4
+    if words is None:
+        words = 10000 if gpu else 2000
     if dataset is None:
         dataset = s.data_dir / "datasets" / DEMO_SLUG
         _assemble_demo(dataset)
@@ -235,7 +242,10 @@ def up(
         )
         m, m_job = add_model(session, model)
         job_ids = [ds_job.id, m_job.id]
-        job_ids += [j.id for j in queue_precompute(session, m, ds, featvis_units=featvis_units)]
+        job_ids += [
+            j.id
+            for j in queue_precompute(session, m, ds, featvis_units=featvis_units, words=words or 0)
+        ]
     with _session(s) as session:
         resend_unfinished(session, TASKS)
     log = s.data_dir / "logs" / "worker.log"

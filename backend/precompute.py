@@ -9,6 +9,7 @@ from backend.celeryconf import (
     TASK_FEATVIS,
     TASK_FEATVIS_BULK,
     TASK_MINE_EXAMPLES,
+    TASK_RENDERED_WORDS,
     TASK_TEXT_VIEWS,
 )
 from backend.config import get_settings
@@ -21,13 +22,20 @@ FEATVIS_OBJECTIVES = ("channel", "neuron", "negative", "diversity")
 
 
 def queue_precompute(
-    session: Session, model: Model, dataset: Dataset, *, featvis_units: int | None = None
+    session: Session,
+    model: Model,
+    dataset: Dataset,
+    *,
+    featvis_units: int | None = None,
+    words: int = 10000,
 ) -> list[Job]:
-    """Dataset examples for the default layers, and channel feature visualizations.
+    """Every precompute job: dataset examples, text views, rendered words, feature vis.
 
     ``featvis_units``: how many units per default layer get a bulk render (None = all,
-    0 = none). Tasks wait (retry) until the model is registered and the dataset imported;
-    the bulk job then queues one job per block of units.
+    0 = none); ``words``: how many dictionary words are rendered and mined (0 = none).
+    Tasks wait (retry) until what they need exists: the model registered, the dataset
+    imported, the dataset examples mined; the bulk render job then queues one job per block
+    of units.
     """
     jobs = [
         enqueue_job(
@@ -53,6 +61,19 @@ def queue_precompute(
             dataset_id=dataset.id,
         )
     )
+    if words:
+        jobs.append(
+            enqueue_job(
+                session,
+                kind="rendered_words",
+                task_name=TASK_RENDERED_WORDS,
+                params={"model_id": model.id, "words": words},
+                queue="gpu",
+                priority=2,
+                model_id=model.id,
+                total=words,
+            )
+        )
     if featvis_units != 0:
         jobs.append(
             enqueue_job(

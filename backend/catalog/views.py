@@ -47,20 +47,24 @@ def _key(url: str) -> str:
     return url.removeprefix("/objects/")
 
 
-def text_view(store: ObjectStore, arts: dict[str, list[ArtifactOut]]) -> dict[str, Any] | None:
-    """The unit's top strings (text feature visualization) with bar widths."""
-    fv = arts.get("text_fv") or []
-    if not fv:
-        return None
+def _ranked(store: ObjectStore, arts: list[ArtifactOut]) -> list[dict[str, Any]]:
+    if not arts:
+        return []
     try:
-        top = json.loads(store.get(_key(fv[0].url))).get("top", [])
+        top = json.loads(store.get(_key(arts[0].url))).get("top", [])
     except (NotFound, ValueError):
-        return None
+        return []
     best = max((t["score"] for t in top), default=1.0) or 1.0
-    return {
-        "top": [{**t, "width": max(2.0, 100.0 * t["score"] / best)} for t in top],
-        "url": fv[0].url,
-    }
+    return [{**t, "width": max(2.0, 100.0 * t["score"] / best)} for t in top]
+
+
+def text_view(store: ObjectStore, arts: dict[str, list[ArtifactOut]]) -> dict[str, Any] | None:
+    """The unit's top strings (text feature visualization) and top rendered words."""
+    strings = _ranked(store, arts.get("text_fv") or [])
+    words = _ranked(store, arts.get("rendered_words") or [])
+    if not strings and not words:
+        return None
+    return {"top": strings, "words": words}
 
 
 def histogram_bars(

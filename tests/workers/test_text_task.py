@@ -19,7 +19,7 @@ from workers.tasks.catalog import register
 from workers.tasks.datasets import import_folder
 from workers.tasks.jobrun import Waiting, run_job
 from workers.tasks.mining import mine, mine_shard
-from workers.tasks.text import text_views
+from workers.tasks.text import rendered_words, text_views
 
 pytestmark = pytest.mark.slow
 
@@ -88,3 +88,42 @@ def test_text_views_make_units_searchable_by_words(settings, tmp_path, client) -
     )
     first = top_unit["top"][0]["text"]
     assert f'<span class="s">{first}</span>' in page
+
+
+def test_rendered_words_rank_words_per_unit(settings, client) -> None:
+    url = settings.database_url
+    with session_scope(url) as s:
+        m, m_job = add_model(s, "default")
+        s.info.clear()
+        mid, m_job_id = m.id, m_job.id
+    assert run_job(m_job_id, register) == "succeeded"
+    with session_scope(url) as s:
+        s.execute(
+            update(Layer)
+            .where(Layer.model_id == mid, Layer.name != "blocks.1")
+            .values(is_default=False)
+        )
+        job = Job(
+            kind="rendered_words",
+            dedupe_key="rw-test",
+            params={"model_id": mid, "words": 40},
+            queue="gpu",
+            model_id=mid,
+        )
+        s.add(job)
+        s.flush()
+        job_id = job.id
+    assert run_job(job_id, rendered_words) == "succeeded"
+    store = make_store(settings)
+    with session_scope(url) as s:
+        arts = s.scalars(select(Artifact).where(Artifact.kind == "rendered_words")).all()
+        assert len(arts) == 24  # blocks.1 has 24 units
+        tops = json.loads(store.get(arts[0].storage_key))["top"]
+    assert len(tops) == 16
+    assert [t["score"] for t in tops] == sorted((t["score"] for t in tops), reverse=True)
+    assert tops[0]["score"] > 0  # above the unit's mean over all words
+    page = client.get(
+        f"/models/efficientnet-lite0/blocks.1/{arts[0].unit_index}?view=text",
+        headers={"Accept": "text/html"},
+    ).text
+    assert "Rendered words" in page and f'<span class="s">{tops[0]["text"]}</span>' in page

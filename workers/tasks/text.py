@@ -13,9 +13,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from backend.catalog.spec import slugify
-from backend.celeryconf import TASK_TEXT_VIEWS
+from backend.celeryconf import TASK_RENDERED_WORDS, TASK_TEXT_VIEWS
 from backend.config import get_settings
-from backend.db.models import Artifact, Family, FamilyMember, Job, Unit
+from backend.db.models import Artifact, Family, FamilyMember, Job, Layer, Model, Unit
 from backend.storage import make_store
 from workers.celery_app import app
 from workers.tasks.artifacts import publish
@@ -207,3 +207,66 @@ def text_views(session: Session, job: Job, progress: Progress) -> str:
 )
 def text_views_task(job_id: int) -> str:
     return run_job(job_id, text_views)
+
+
+def rendered_words(session: Session, job: Job, progress: Progress) -> str:
+    """Dictionary words rendered as images and mined: each unit's top words after subtracting
+    its mean over all words (the article's image-based word embedding)."""
+    from workers.ml.hooks import Layout
+    from workers.ml.text.textfv import dictionary_words
+    from workers.ml.text.words import top_words, word_activations
+
+    model = session.get(Model, job.params["model_id"])
+    if model is None:
+        raise ValueError("the model of this job was deleted")
+    if model.state == "failed":
+        raise ValueError(f"model {model.slug} failed to register: {model.error}")
+    if model.state != "ready":
+        raise Waiting(f"waiting for model {model.slug} to register")
+    layers = list(
+        session.scalars(
+            select(Layer)
+            .where(Layer.model_id == model.id, Layer.is_default.is_(True))
+            .order_by(Layer.order)
+        )
+    )
+    words = dictionary_words(limit=int(job.params.get("words", 10000)))
+    session.commit()
+    loaded = cached_model(model.spec, _device())
+    layouts = {x.module_path: Layout(**x.layout) for x in layers}
+    chunks: dict[str, list[torch.Tensor]] = {p: [] for p in layouts}
+    step = 256
+    for start in range(0, len(words), step):
+        part = word_activations(loaded, layouts, words[start : start + step])  # path -> (w, U)
+        for path, acts in part.items():
+            chunks[path].append(acts)
+        progress(min(start + step, len(words)), len(words), "rendering and mining words")
+    store = make_store(get_settings())
+    params = {"model_checksum": model.weights_checksum, "words": len(words), "version": 1}
+    for layer in layers:
+        acts = torch.cat(chunks[layer.module_path])  # (W, U)
+        for u, tops in enumerate(top_words(acts, words, k=16)):
+            publish(
+                session,
+                store,
+                model=model,
+                layer=layer,
+                unit=u,
+                kind="rendered_words",
+                variant="",
+                params=params,
+                data=json.dumps({"top": [{"text": w, "score": s} for w, s in tops]}).encode(),
+                ext="json",
+                content_type="application/json",
+            )
+        session.commit()
+    return f"{len(words)} words over {len(layers)} layers"
+
+
+@app.task(
+    name=TASK_RENDERED_WORDS,
+    autoretry_for=(Waiting,),
+    retry_kwargs={"countdown": 5, "max_retries": None},
+)
+def rendered_words_task(job_id: int) -> str:
+    return run_job(job_id, rendered_words)
