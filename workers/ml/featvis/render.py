@@ -22,6 +22,7 @@ from workers.ml.featvis.transforms import (
     sample_theta,
     warp,
 )
+from workers.ml.fold import fold_batchnorm
 from workers.ml.hooks import Layout, run_to, to_unit_maps
 
 if TYPE_CHECKING:
@@ -277,6 +278,7 @@ def render_units(
     progress: Callable[[int, int], None] | None = None,
     device: torch.device | str = "cpu",
     channels_last: bool = True,
+    fold_bn: bool = True,
 ) -> list[RenderResult]:
     """Render ``units`` of ``module_path``, many units per batch; one result per unit."""
     cfg = transforms or TransformConfig()
@@ -313,6 +315,9 @@ def render_units(
     pils: list[Image.Image] = []
     acts_max: list[float] = []
     acts_mean: list[float] = []
+    if fold_bn:
+        reads = [module_path] + ([facet_layer or facet.layer] if facet is not None else [])
+        model, _ = fold_batchnorm(model, reads, input_hw(preprocess)[0])
     with frozen(model, channels_last=channels_last):
         n_batch = batch_size or auto_batch_size(model, goal, preprocess, size, device)
         # Keep a unit's diverse images in one batch: diversity compares them with each other.
