@@ -8,6 +8,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from backend.catalog.service import add_model
@@ -48,12 +49,17 @@ def worker(settings, tmp_path) -> Iterator[None]:  # type: ignore[no-untyped-def
     )
     yield
     proc.terminate()
-    proc.wait(20)
+    try:
+        proc.wait(20)
+    except subprocess.TimeoutExpired:  # still inside a task: warm shutdown would wait for it
+        proc.kill()
+        proc.wait(10)
     log.close()
 
 
 @pytest.fixture
 def tiny_model(settings, monkeypatch) -> str:  # type: ignore[no-untyped-def]
+    """A registered tiny model; renders from pages take 8 steps (set before server/worker)."""
     monkeypatch.setenv("MICROSCOPE_FEATVIS_STEPS", "8")
     get_settings.cache_clear()
     with session_scope(settings.database_url) as s:
@@ -65,8 +71,9 @@ def tiny_model(settings, monkeypatch) -> str:  # type: ignore[no-untyped-def]
 
 
 def test_render_a_missing_view_and_watch_it_finish(
-    server, browser, worker, tiny_model, shot
+    tiny_model, server, browser, worker, shot
 ) -> None:
+    # tiny_model comes first: it sets MICROSCOPE_FEATVIS_STEPS before the server starts.
     ctx = browser.new_context()
     page = ctx.new_page()
     unit = f"{server}/models/{tiny_model}/blocks.1/5"
@@ -77,6 +84,9 @@ def test_render_a_missing_view_and_watch_it_finish(
     assert page.locator(".tabs a.active").inner_text().startswith("Feature visualization")
     page.click("text=Render now")
     page.wait_for_url("**view=featvis&job=*")
+    job_id = page.url.rsplit("job=", 1)[1]
+    job = httpx.get(f"{server}/api/v1/jobs/{job_id}").json()
+    assert job["queue"] == "interactive" and job["params"]["steps"] == 8
     assert page.locator(".job-live").count() == 1
     shot(page, "render-in-progress")
     # The fragment polls the job and reloads the page once it is done.
