@@ -237,6 +237,10 @@ def up(
         dataset = s.data_dir / "datasets" / DEMO_SLUG
         _assemble_demo(dataset)
     with _session(s) as session:
+        # Jobs an earlier run left queued or running (a worker that died): send them again
+        # before this run queues its own, so nothing is sent twice.
+        resend_unfinished(session, TASKS)
+    with _session(s) as session:
         ds, ds_job = add_dataset(
             session, str(dataset), DEMO_SLUG if dataset.name == DEMO_SLUG else None
         )
@@ -246,8 +250,6 @@ def up(
             j.id
             for j in queue_precompute(session, m, ds, featvis_units=featvis_units, words=words or 0)
         ]
-    with _session(s) as session:
-        resend_unfinished(session, TASKS)
     log = s.data_dir / "logs" / "worker.log"
     proc = _start_worker(s, log)
     console.print(f"worker started (pid {proc.pid}, log {log})")

@@ -6,6 +6,7 @@ Every hook registered here is removed when its context exits, whatever happens i
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -48,9 +49,14 @@ def capture(
     wanted = list(dict.fromkeys(paths))
     store: dict[str, torch.Tensor] = {}
     handles = []
+    # A model can be shared by threads (a worker's cached model; Celery runs delayed tasks on
+    # its timer thread): a hook only records, and only stops, the forward pass of its own thread.
+    owner = threading.get_ident()
 
     def make_hook(name: str):
         def hook(_module: nn.Module, _inputs: object, output: object) -> None:
+            if threading.get_ident() != owner:
+                return
             t = _first_tensor(output)
             store[name] = t.detach() if detach else t
             if stop_early and len(store) == len(wanted):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 import traceback
 from collections.abc import Callable
@@ -56,6 +57,13 @@ def _set(db_url: str, job_id: int, **fields: object) -> None:
                 setattr(job, k, v)
 
 
+# One job at a time per worker process. The solo pool is meant to run tasks one by one, but
+# Celery fires delayed (retried) tasks from a timer thread on brokers without an event loop
+# (the embedded SQL broker), and two jobs sharing a cached model would interfere (measured:
+# a mining pass and a render overlapping in one process).
+_PROCESS_LOCK = threading.Lock()
+
+
 def run_job(
     job_id: int,
     work: Callable[[Session, Job, Progress], str | None],
@@ -69,6 +77,15 @@ def run_job(
     failure on domain rows in a fresh transaction.
     Failures are recorded on the job and re-raised so Celery sees them too.
     """
+    with _PROCESS_LOCK:
+        return _run_job(job_id, work, on_failure)
+
+
+def _run_job(
+    job_id: int,
+    work: Callable[[Session, Job, Progress], str | None],
+    on_failure: Callable[[Session, Job, Exception], None] | None,
+) -> str:
     db_url = get_settings().database_url
     with session_scope(db_url) as s:
         job = s.get(Job, job_id)
