@@ -144,3 +144,37 @@ def request_featvis(
         model_id=model.id,
         total=1,
     )
+
+
+def request_examples(
+    session: Session, model: Model, dataset: Dataset, layers: list[str] | None = None
+) -> Job:
+    """Dataset examples for chosen layers (None: the defaults), checked before any work."""
+    if dataset.state == "ready" and dataset.image_count == 0:
+        raise InvalidInput(f"dataset {dataset.slug!r} has no readable images")
+    if dataset.state == "failed":
+        raise InvalidInput(f"dataset {dataset.slug!r} failed to import: {dataset.error}")
+    if layers is not None:
+        if not layers:
+            raise InvalidInput("give at least one layer, or leave layers out for the defaults")
+        known = set(session.scalars(select(Layer.name).where(Layer.model_id == model.id)))
+        unknown = sorted(set(layers) - known)
+        if unknown:
+            raise InvalidInput(
+                f"model {model.slug!r} has no layers {unknown}; "
+                f"see /api/v1/models/{model.slug}/layers?all=true"
+            )
+    return enqueue_job(
+        session,
+        kind="mine_examples",
+        task_name=TASK_MINE_EXAMPLES,
+        params={
+            "model_id": model.id,
+            "dataset_id": dataset.id,
+            "layers": sorted(layers) if layers is not None else "default",
+        },
+        queue="gpu",
+        priority=6,
+        model_id=model.id,
+        dataset_id=dataset.id,
+    )

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Form, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from pydantic import BaseModel
 
 from backend import urls
 from backend.catalog import service
+from backend.datasets.service import get_dataset
 from backend.deps import ADMIN_COOKIE, AdminDep, SessionDep, require_admin, token_matches
 from backend.errors import NotFoundError, Unauthorized
 from backend.jobs.repository import JobRepository
 from backend.jobs.schemas import job_out
-from backend.precompute import request_featvis
+from backend.precompute import request_examples, request_featvis
 from backend.templating import templates
 
 router = APIRouter(include_in_schema=False)
@@ -76,3 +78,18 @@ def render_unit(
     lyr = service.get_layer(session, m, layer)
     service.get_unit(session, lyr, unit)
     return job_out(request_featvis(session, m, lyr, unit, objective)).model_dump()
+
+
+class ExamplesRequest(BaseModel):
+    dataset: str
+    layers: list[str] | None = None
+
+
+@api.post("/models/{model}/examples", status_code=202, dependencies=[AdminDep])
+def mine_examples(model: str, body: ExamplesRequest, session: SessionDep) -> dict:
+    """Mine dataset examples for chosen layers (default layers if none), as a job (admin).
+
+    Unknown layers and empty datasets are refused before any work starts."""
+    m = service.get_model(session, model)
+    ds = get_dataset(session, body.dataset)
+    return job_out(request_examples(session, m, ds, body.layers)).model_dump()

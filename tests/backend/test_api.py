@@ -143,3 +143,24 @@ def test_pages_and_json_carry_etags_and_answer_304(client, session) -> None:
         ).status_code
         == 304
     )
+
+
+def test_mining_requests_are_checked_before_any_work(client, session, admin) -> None:
+    from backend.db.models import Dataset
+
+    m = make_model(session, "tiny")
+    make_layer(session, m, "blocks.1", units=4)
+    session.add(Dataset(slug="empty", source="/nowhere", state="ready", image_count=0))
+    session.add(Dataset(slug="photos", source="/photos", state="ready", image_count=10))
+    session.commit()
+    url = "/api/v1/models/tiny/examples"
+    assert client.post(url, json={"dataset": "photos"}).status_code == 401
+    r = client.post(url, json={"dataset": "photos", "layers": ["blocks.1", "nope"]}, headers=admin)
+    assert r.status_code == 422 and "nope" in r.json()["detail"]
+    r = client.post(url, json={"dataset": "empty"}, headers=admin)
+    assert r.status_code == 422 and "no readable images" in r.json()["detail"]
+    assert client.post(url, json={"dataset": "missing"}, headers=admin).status_code == 404
+    r = client.post(url, json={"dataset": "photos", "layers": ["blocks.1"]}, headers=admin)
+    assert r.status_code == 202
+    job = r.json()
+    assert job["kind"] == "mine_examples" and job["params"]["layers"] == ["blocks.1"]

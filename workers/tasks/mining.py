@@ -123,20 +123,27 @@ class Plan:
         return {x.module_path: Layout(**x.layout) for x in self.layers}
 
 
-def make_plan(session: Session, model_id: int, dataset_id: int) -> Plan:
-    """Check the inputs (clear errors before any work) and lay out the shards."""
+def make_plan(
+    session: Session, model_id: int, dataset_id: int, layer_names: list[str] | None = None
+) -> Plan:
+    """Check the inputs (clear errors before any work) and lay out the shards.
 
+    ``layer_names``: the layers to mine (None: the model's default layers).
+    """
     model = session.get(Model, model_id)
     ds = session.get(Dataset, dataset_id)
     _check_inputs(model, ds)
     assert model is not None and ds is not None
-    layers = list(
-        session.scalars(
-            select(Layer)
-            .where(Layer.model_id == model.id, Layer.is_default.is_(True))
-            .order_by(Layer.order)
-        )
-    )
+    q = select(Layer).where(Layer.model_id == model.id)
+    if layer_names is None:
+        q = q.where(Layer.is_default.is_(True))
+    else:
+        q = q.where(Layer.name.in_(layer_names))
+    layers = list(session.scalars(q.order_by(Layer.order)))
+    if layer_names is not None:
+        unknown = sorted(set(layer_names) - {x.name for x in layers})
+        if unknown:
+            raise ValueError(f"model {model.slug} has no layers {unknown}")
     if not layers:
         raise ValueError(f"model {model.slug} has no default layers")
     params = {
@@ -226,11 +233,18 @@ def _loader_fn(plan: Plan, cfg: Any, ids: list[int]) -> Any:
     return load
 
 
+def _layer_names(params: dict[str, Any]) -> list[str] | None:
+    layers = params.get("layers", "default")
+    return None if layers == "default" else list(layers)
+
+
 def mine_shard(session: Session, job: Job, progress: Progress) -> str:
     """Mine one shard of images and save its reducer state (the merge needs nothing else)."""
     from workers.ml.mining import Miner, make_loader
 
-    plan = make_plan(session, job.params["model_id"], job.params["dataset_id"])
+    plan = make_plan(
+        session, job.params["model_id"], job.params["dataset_id"], _layer_names(job.params)
+    )
     i = int(job.params["shard"])
     if plan.run_hash != job.params["run_hash"]:
         return "superseded: the model, dataset or layers changed"
@@ -270,6 +284,7 @@ def _shards_ready(session: Session, plan: Plan, progress: Progress) -> bool:
                 "dataset_id": plan.ds.id,
                 "run_hash": plan.run_hash,
                 "shard": i,
+                "layers": [x.name for x in plan.layers],
             },
             queue="gpu",
             model_id=plan.model.id,
@@ -291,7 +306,9 @@ def mine(session: Session, job: Job, progress: Progress) -> str:
     """
     from workers.ml.mining import merge_layer_states
 
-    plan = make_plan(session, job.params["model_id"], job.params["dataset_id"])
+    plan = make_plan(
+        session, job.params["model_id"], job.params["dataset_id"], _layer_names(job.params)
+    )
     if not _shards_ready(session, plan, progress):
         raise Waiting(f"waiting for {plan.model.slug} shards of {plan.ds.slug}")
     model, layers, params = plan.model, plan.layers, plan.params
