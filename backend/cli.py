@@ -9,8 +9,9 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -291,21 +292,48 @@ def _default_featvis_units(settings: Settings) -> int | None:
     return 4
 
 
+def _worker_command(*args: str) -> Iterator[dict[str, Any]]:
+    """Run ``python -m workers.commands ARGS`` and yield its JSON lines.
+
+    Worker code (torch) runs in that subprocess: this process stays free of it.
+    """
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "workers.commands", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    for line in proc.stdout:
+        if line.startswith("{"):
+            msg = json.loads(line)
+            if "error" in msg:
+                proc.wait()
+                err.print(f"[red]error:[/] {msg['error']}")
+                raise typer.Exit(2)
+            yield msg
+    if proc.wait() != 0:
+        tail = proc.stderr.read().strip().splitlines()[-3:]
+        if any("No module named" in t for t in tail):
+            err.print("[red]this needs the worker extra:[/] pip install -e '.[worker]'")
+        else:
+            err.print("[red]worker command failed:[/] " + " | ".join(tail))
+        raise typer.Exit(2)
+
+
 def _assemble_demo(dest: Path) -> None:
-    try:
-        from workers.ml.demo_data import assemble_demo_dataset  # noqa: TID251 - CLI side
-    except ImportError as e:
-        err.print("[red]the demo dataset needs the worker extra:[/] pip install -e '.[worker]'")
-        raise typer.Exit(2) from e
+    result: dict[str, Any] = {}
     with Progress(
         TextColumn("assembling demo photos"), BarColumn(), MofNCompleteColumn(), console=console
     ) as prog:
         task = prog.add_task("demo", total=None)
-        manifest = assemble_demo_dataset(
-            dest, progress=lambda d, t: prog.update(task, completed=d, total=t)
-        )
+        for msg in _worker_command("demo", str(dest)):
+            if "done" in msg:
+                prog.update(task, completed=msg["done"], total=msg["total"])
+            result = msg.get("result", result)
     console.print(
-        f"demo dataset: {len(manifest.images)} photos in {dest} (sha256 {manifest.checksum[:12]})"
+        f"demo dataset: {result.get('images')} photos in {dest} "
+        f"(sha256 {str(result.get('checksum'))[:12]})"
     )
 
 
@@ -379,14 +407,9 @@ def models_inspect(
     except SpecError as e:
         err.print(f"[red]error:[/] {e}")
         raise typer.Exit(2) from e
-    from workers.ml.layers import inspect_model  # noqa: TID251 - CLI side
-    from workers.ml.models import ModelLoadError  # noqa: TID251
-
-    try:
-        info = inspect_model(spec, all_layers=all_layers)
-    except ModelLoadError as e:
-        err.print(f"[red]error:[/] {e}")
-        raise typer.Exit(2) from e
+    info: dict[str, Any] = {}
+    for msg in _worker_command("inspect", spec, *(["--all"] if all_layers else [])):
+        info = msg.get("result", info)
     if as_json:
         sys.stdout.write(json.dumps(info, indent=2) + "\n")
         return

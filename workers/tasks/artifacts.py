@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from sqlalchemy import delete
@@ -65,3 +66,31 @@ def publish(
     )
     session.add(art)
     return art
+
+
+def publish_ranked(
+    session: Session,
+    store: ObjectStore,
+    *,
+    model: Model,
+    layer: Layer,
+    unit: int,
+    kind: str,
+    params: dict[str, Any],
+    ranked: list[tuple[str, float]],
+) -> Artifact:
+    """A unit's ranked strings (text views) as ``{"top": [{"text", "score"}, ...]}`` JSON."""
+    payload = {"top": [{"text": t, "score": s} for t, s in ranked]}
+    return publish(
+        session,
+        store,
+        model=model,
+        layer=layer,
+        unit=unit,
+        kind=kind,
+        variant="",
+        params=params,
+        data=json.dumps(payload).encode(),
+        ext="json",
+        content_type="application/json",
+    )

@@ -18,7 +18,7 @@ from backend.config import get_settings
 from backend.db.models import Artifact, Family, FamilyMember, Job, Layer, Model, Unit
 from backend.storage import make_store
 from workers.celery_app import app
-from workers.tasks.artifacts import publish
+from workers.tasks.artifacts import publish, publish_ranked
 from workers.tasks.jobrun import Progress, Waiting, run_job
 from workers.tasks.mining import BATCH, _device, _loader_fn, cached_model, make_plan
 
@@ -152,18 +152,15 @@ def text_views(session: Session, job: Job, progress: Progress) -> str:
         ]
         labels = auto_labels(tops, examples, head.encode)
         for u, (strings, (label, conf)) in enumerate(zip(tops, labels, strict=True)):
-            publish(
+            publish_ranked(
                 session,
                 store,
                 model=model,
                 layer=layer,
                 unit=u,
                 kind="text_fv",
-                variant="",
                 params=params,
-                data=json.dumps({"top": [{"text": s, "score": sc} for s, sc in strings]}).encode(),
-                ext="json",
-                content_type="application/json",
+                ranked=strings,
             )
             unit = units_by_key.get((layer.id, u))
             if unit is not None and unit.label_source != "admin" and label:
@@ -246,18 +243,15 @@ def rendered_words(session: Session, job: Job, progress: Progress) -> str:
     for layer in layers:
         acts = torch.cat(chunks[layer.module_path])  # (W, U)
         for u, tops in enumerate(top_words(acts, words, k=16)):
-            publish(
+            publish_ranked(
                 session,
                 store,
                 model=model,
                 layer=layer,
                 unit=u,
                 kind="rendered_words",
-                variant="",
                 params=params,
-                data=json.dumps({"top": [{"text": w, "score": s} for w, s in tops]}).encode(),
-                ext="json",
-                content_type="application/json",
+                ranked=tops,
             )
         session.commit()
     return f"{len(words)} words over {len(layers)} layers"
