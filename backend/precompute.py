@@ -67,7 +67,7 @@ def queue_precompute(
                 session,
                 kind="rendered_words",
                 task_name=TASK_RENDERED_WORDS,
-                params={"model_id": model.id, "words": words},
+                params={"model_id": model.id, "dataset_id": dataset.id, "words": words},
                 queue="gpu",
                 priority=2,
                 model_id=model.id,

@@ -220,6 +220,10 @@ def rendered_words(session: Session, job: Job, progress: Progress) -> str:
         raise ValueError(f"model {model.slug} failed to register: {model.error}")
     if model.state != "ready":
         raise Waiting(f"waiting for model {model.slug} to register")
+    dataset_id = job.params.get("dataset_id")
+    if dataset_id is not None and not _mining_done(session, model.id, dataset_id):
+        # Not needed for the words, but a person waits for dataset examples first.
+        raise Waiting(f"waiting for the dataset examples of {model.slug}")
     layers = list(
         session.scalars(
             select(Layer)
