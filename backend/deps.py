@@ -11,7 +11,7 @@ from typing import Annotated
 from fastapi import Depends, Header, Request
 from sqlalchemy.orm import Session
 
-from backend.config import Settings, get_settings
+from backend.config import Settings
 from backend.db.session import POOL_CAPACITY, get_sessionmaker
 from backend.errors import Unauthorized
 
@@ -84,7 +84,3 @@ def require_admin(
 
 
 AdminDep = Depends(require_admin)
-
-
-def current_settings() -> Settings:
-    return get_settings()

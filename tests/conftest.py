@@ -148,3 +148,43 @@ def server(settings) -> Iterator[str]:  # type: ignore[no-untyped-def]
     yield url
     proc.terminate()
     proc.wait(10)
+
+
+@pytest.fixture
+def worker(settings, request) -> Iterator[subprocess.Popen[bytes]]:  # type: ignore[no-untyped-def]
+    """A real Celery worker process on the test's broker and database; its log is kept."""
+    OUTPUT.mkdir(exist_ok=True)
+    log_path = OUTPUT / f"worker-{request.node.name}.log"
+    log = open(log_path, "wb")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "workers.celery_app",
+            "worker",
+            "-Q",
+            "interactive,gpu,cpu",
+            "--pool",
+            "solo",
+            "--loglevel",
+            "INFO",
+            "--without-gossip",
+            "--without-mingle",
+            "--hostname",
+            f"test-{os.getpid()}@%h",
+        ],
+        cwd=OUTPUT.parent,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    yield proc
+    proc.terminate()
+    try:
+        proc.wait(20)
+    except subprocess.TimeoutExpired:  # still inside a task: warm shutdown would wait for it
+        proc.kill()
+        proc.wait(10)
+    log.close()

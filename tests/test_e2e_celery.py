@@ -6,11 +6,8 @@ PostgreSQL + Redis.
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -25,44 +22,6 @@ from backend.jobs.service import resend_unfinished
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = [pytest.mark.celery, pytest.mark.slow]
-
-
-@pytest.fixture
-def worker(settings, tmp_path: Path) -> Iterator[subprocess.Popen[bytes]]:  # type: ignore[no-untyped-def]
-    log = open(tmp_path / "worker.log", "wb")  # noqa: SIM115
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "workers.celery_app",
-            "worker",
-            "-Q",
-            "interactive,gpu,cpu",
-            "--pool",
-            "solo",
-            "--loglevel",
-            "INFO",
-            "--without-gossip",
-            "--without-mingle",
-            "--hostname",
-            f"test-{os.getpid()}@%h",
-        ],
-        cwd=ROOT,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env={**os.environ, "HF_HUB_OFFLINE": "1"},
-    )
-    yield proc
-    proc.terminate()
-    try:
-        proc.wait(20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-    log.close()
-    (ROOT / "test-output").mkdir(exist_ok=True)
-    (ROOT / "test-output" / "worker-e2e.log").write_bytes((tmp_path / "worker.log").read_bytes())
 
 
 def wait_jobs(db_url: str, ids: list[int], proc: subprocess.Popen[bytes], timeout: float = 240):  # type: ignore[no-untyped-def]

@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -20,41 +16,6 @@ from workers.tasks.jobrun import run_job
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = [pytest.mark.browser, pytest.mark.celery, pytest.mark.slow]
-
-
-@pytest.fixture
-def worker(settings, tmp_path) -> Iterator[None]:  # type: ignore[no-untyped-def]
-    log = open(tmp_path / "worker.log", "wb")  # noqa: SIM115
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "workers.celery_app",
-            "worker",
-            "-Q",
-            "interactive,gpu,cpu",
-            "--pool",
-            "solo",
-            "--without-gossip",
-            "--without-mingle",
-            "--hostname",
-            f"render-{os.getpid()}@%h",
-        ],
-        cwd=ROOT,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env=dict(os.environ),
-    )
-    yield
-    proc.terminate()
-    try:
-        proc.wait(20)
-    except subprocess.TimeoutExpired:  # still inside a task: warm shutdown would wait for it
-        proc.kill()
-        proc.wait(10)
-    log.close()
 
 
 @pytest.fixture

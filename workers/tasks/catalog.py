@@ -8,8 +8,7 @@ from sqlalchemy.orm import Session
 from backend.celeryconf import TASK_REGISTER_MODEL
 from backend.config import get_settings
 from backend.db.models import Job, Layer, Model, Unit
-from workers.celery_app import app
-from workers.tasks.jobrun import Progress, TransientError, run_job
+from workers.tasks.jobrun import Progress, job_task
 
 
 def register(session: Session, job: Job, progress: Progress) -> str:
@@ -70,11 +69,4 @@ def mark_failed(session: Session, job: Job, exc: Exception) -> None:
         model.error = f"{type(exc).__name__}: {exc}"
 
 
-@app.task(
-    name=TASK_REGISTER_MODEL,
-    autoretry_for=(TransientError,),
-    max_retries=3,
-    retry_backoff=True,
-)
-def register_model(job_id: int) -> str:
-    return run_job(job_id, register, mark_failed)
+register_model = job_task(TASK_REGISTER_MODEL, register, mark_failed)

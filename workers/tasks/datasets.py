@@ -13,8 +13,7 @@ from backend.celeryconf import TASK_IMPORT_DATASET
 from backend.config import get_settings
 from backend.db.models import Dataset, Image, Job
 from backend.storage import make_store
-from workers.celery_app import app
-from workers.tasks.jobrun import Progress, TransientError, run_job
+from workers.tasks.jobrun import Progress, job_task
 
 COMMIT_EVERY = 100
 
@@ -100,11 +99,4 @@ def mark_failed(session: Session, job: Job, exc: Exception) -> None:
         ds.error = f"{type(exc).__name__}: {exc}"
 
 
-@app.task(
-    name=TASK_IMPORT_DATASET,
-    autoretry_for=(TransientError,),
-    max_retries=3,
-    retry_backoff=True,
-)
-def import_dataset(job_id: int) -> str:
-    return run_job(job_id, import_folder, mark_failed)
+import_dataset = job_task(TASK_IMPORT_DATASET, import_folder, mark_failed)

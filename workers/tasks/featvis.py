@@ -12,10 +12,9 @@ from backend.config import get_settings
 from backend.db.models import Artifact, Job, Layer, Model
 from backend.precompute import queue_featvis_blocks
 from backend.storage import make_store
-from workers.celery_app import app
 from workers.tasks.artifacts import publish
 from workers.tasks.cards import refresh_card
-from workers.tasks.jobrun import Progress, Waiting, run_job
+from workers.tasks.jobrun import Progress, Waiting, job_task
 from workers.tasks.mining import _device, cached_model
 
 
@@ -117,19 +116,7 @@ def bulk(session: Session, job: Job, progress: Progress) -> str:
     return f"queued {len(jobs)} render jobs"
 
 
-@app.task(
-    name=TASK_FEATVIS_BULK,
-    autoretry_for=(Waiting,),
-    retry_kwargs={"countdown": 3, "max_retries": None},
-)
-def featvis_bulk(job_id: int) -> str:
-    return run_job(job_id, bulk)
+featvis_bulk = job_task(TASK_FEATVIS_BULK, bulk)
 
 
-@app.task(
-    name=TASK_FEATVIS,
-    autoretry_for=(Waiting,),
-    retry_kwargs={"countdown": 5, "max_retries": None},
-)
-def featvis(job_id: int) -> str:
-    return run_job(job_id, render)
+featvis = job_task(TASK_FEATVIS, render)

@@ -7,6 +7,7 @@ import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy.orm import Session
 
@@ -64,11 +65,11 @@ def _set(db_url: str, job_id: int, **fields: object) -> None:
 _PROCESS_LOCK = threading.Lock()
 
 
-def run_job(
-    job_id: int,
-    work: Callable[[Session, Job, Progress], str | None],
-    on_failure: Callable[[Session, Job, Exception], None] | None = None,
-) -> str:
+Work = Callable[[Session, Job, Progress], str | None]
+OnFailure = Callable[[Session, Job, Exception], None]
+
+
+def run_job(job_id: int, work: Work, on_failure: OnFailure | None = None) -> str:
     """Run ``work`` for a job once; returns the final state.
 
     Idempotent: a job that already succeeded returns at once (a re-delivered message does
@@ -81,11 +82,7 @@ def run_job(
         return _run_job(job_id, work, on_failure)
 
 
-def _run_job(
-    job_id: int,
-    work: Callable[[Session, Job, Progress], str | None],
-    on_failure: Callable[[Session, Job, Exception], None] | None,
-) -> str:
+def _run_job(job_id: int, work: Work, on_failure: OnFailure | None) -> str:
     db_url = get_settings().database_url
     with session_scope(db_url) as s:
         job = s.get(Job, job_id)
@@ -130,3 +127,28 @@ def _run_job(
         if job.progress_total:
             job.progress_done = job.progress_total
     return "succeeded"
+
+
+WAIT_SECONDS = 3  # how soon a job whose inputs are not ready looks again
+TRANSIENT_RETRIES = 3
+
+
+def job_task(name: str, work: Work, on_failure: OnFailure | None = None) -> Any:
+    """Register the Celery task ``name`` that runs ``work`` for a job id.
+
+    A job whose inputs are not ready (Waiting) looks again every few seconds for as long as it
+    takes; any other TransientError is retried a few times with backoff; the rest fail the job.
+    """
+    from workers.celery_app import app
+
+    def run(self: Any, job_id: int) -> str:
+        try:
+            return run_job(job_id, work, on_failure)
+        except Waiting as e:
+            raise self.retry(exc=e, countdown=WAIT_SECONDS, max_retries=None) from e
+        except TransientError as e:
+            raise self.retry(
+                exc=e, countdown=2**self.request.retries, max_retries=TRANSIENT_RETRIES
+            ) from e
+
+    return app.task(name=name, bind=True)(run)

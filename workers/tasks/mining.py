@@ -26,10 +26,9 @@ from backend.config import get_settings
 from backend.db.models import Dataset, Image, Job, Layer, Model
 from backend.jobs.service import enqueue_job
 from backend.storage import ObjectStore, make_store, params_hash
-from workers.celery_app import app
 from workers.tasks.artifacts import publish
 from workers.tasks.cards import refresh_card
-from workers.tasks.jobrun import Progress, Waiting, run_job
+from workers.tasks.jobrun import Progress, Waiting, job_task
 
 K = 64  # examples kept per unit
 SHOWN = 16  # examples drawn on each sheet (4 x 4)
@@ -443,20 +442,7 @@ def mine(session: Session, job: Job, progress: Progress) -> str:
     return f"{n} images, {published} units across {len(layers)} layers"
 
 
-@app.task(
-    name=TASK_MINE_EXAMPLES,
-    autoretry_for=(Waiting,),
-    retry_kwargs={"countdown": 3, "max_retries": None},
-    retry_backoff=False,
-)
-def mine_examples(job_id: int) -> str:
-    return run_job(job_id, mine)
+mine_examples = job_task(TASK_MINE_EXAMPLES, mine)
 
 
-@app.task(
-    name=TASK_MINE_SHARD,
-    autoretry_for=(Waiting,),
-    retry_kwargs={"countdown": 5, "max_retries": 100},
-)
-def mine_examples_shard(job_id: int) -> str:
-    return run_job(job_id, mine_shard)
+mine_examples_shard = job_task(TASK_MINE_SHARD, mine_shard)

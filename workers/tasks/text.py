@@ -17,9 +17,8 @@ from backend.celeryconf import TASK_RENDERED_WORDS, TASK_TEXT_VIEWS
 from backend.config import get_settings
 from backend.db.models import Artifact, Family, FamilyMember, Job, Layer, Model, Unit
 from backend.storage import make_store
-from workers.celery_app import app
 from workers.tasks.artifacts import publish, publish_ranked
-from workers.tasks.jobrun import Progress, Waiting, run_job
+from workers.tasks.jobrun import Progress, Waiting, job_task
 from workers.tasks.mining import BATCH, _device, _loader_fn, cached_model, make_plan
 
 TOP_EXAMPLES = 8  # a unit's text vector: the head's mean output over its top examples
@@ -197,13 +196,7 @@ def text_views(session: Session, job: Job, progress: Progress) -> str:
     return f"{int(vecs.shape[0])} units, {len(vocab)} strings, {len(proposals)} families"
 
 
-@app.task(
-    name=TASK_TEXT_VIEWS,
-    autoretry_for=(Waiting,),
-    retry_kwargs={"countdown": 5, "max_retries": None},
-)
-def text_views_task(job_id: int) -> str:
-    return run_job(job_id, text_views)
+text_views_task = job_task(TASK_TEXT_VIEWS, text_views)
 
 
 def rendered_words(session: Session, job: Job, progress: Progress) -> str:
@@ -261,10 +254,4 @@ def rendered_words(session: Session, job: Job, progress: Progress) -> str:
     return f"{len(words)} words over {len(layers)} layers"
 
 
-@app.task(
-    name=TASK_RENDERED_WORDS,
-    autoretry_for=(Waiting,),
-    retry_kwargs={"countdown": 5, "max_retries": None},
-)
-def rendered_words_task(job_id: int) -> str:
-    return run_job(job_id, rendered_words)
+rendered_words_task = job_task(TASK_RENDERED_WORDS, rendered_words)
