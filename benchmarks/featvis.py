@@ -138,15 +138,14 @@ def score(model, layer, layout, units, images: torch.Tensor, preprocess) -> np.n
 
 def run_ours(model, layer, layout, units, preprocess, steps, size, eval_every):
     """One batch over ``units``: steps, wall and CPU seconds spent optimising, (E, N) acts."""
-    from workers.ml.featvis import objectives as obj
-    from workers.ml.featvis.render import frozen, optimise
+    from workers.ml.featvis.render import build_objective, frozen, optimise
 
     marks, elapsed, cpu, acts = [], [], [], []
     spent = spent_cpu = 0.0
     with frozen(model, channels_last=True):
         it = optimise(
             model,
-            obj.channel(layer, layout=layout),
+            build_objective("channel", layer, layout),  # the product's default objective
             units=units,
             seeds=[(0, 0)] * len(units),  # what render_units uses for seed=0
             preprocess=preprocess,
@@ -237,7 +236,9 @@ def main() -> None:
     ap.add_argument("--units-per-layer", type=int, default=4)
     ap.add_argument("--steps", type=int, default=512)
     ap.add_argument("--layers", default="blocks.2,blocks.5")
-    ap.add_argument("--sizes", default="128", help="our parameterization sizes to compare")
+    ap.add_argument(
+        "--sizes", default="224", help="our parameterization sizes (224: the render default)"
+    )
     ap.add_argument("--eval-every", type=int, default=8)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--levers", action="store_true", help="also print the speed-lever table")

@@ -164,6 +164,37 @@ def test_objectives_compose(net: TinyNet) -> None:
     torch.testing.assert_close(a(ctx), raw["features.3"][[0, 1, 2], [0, 1, 2]].mean(dim=(1, 2)))
 
 
+def test_top_positions_objectives_average_the_strongest_positions(net: TinyNet) -> None:
+    x = torch.rand(3, 3, 32, 32)
+    with capture(net, ["features.3"]) as raw, torch.no_grad():
+        net(x)
+    own = raw["features.3"][[0, 1, 2], [0, 1, 2]].flatten(1).numpy()  # (3, H*W)
+    layers = {"features.3": O.NCHW}
+    ctx = O.Context(raw, layers, torch.tensor([0, 1, 2]), torch.arange(3), x)
+    top = np.sort(own, axis=1)[:, ::-1][:, :5].mean(axis=1)
+    bottom = np.sort(own, axis=1)[:, :5].mean(axis=1)
+    np.testing.assert_allclose(O.channel("features.3", top=5)(ctx).numpy(), top, rtol=1e-5)
+    np.testing.assert_allclose(O.negative("features.3", top=5)(ctx).numpy(), -bottom, rtol=1e-5)
+    # Between the mean and the max; more positions than the map has is the plain mean.
+    assert (own.mean(axis=1) <= top + 1e-6).all()
+    assert (top <= own.max(axis=1) + 1e-6).all()
+    np.testing.assert_allclose(
+        O.channel("features.3", top=10_000)(ctx).numpy(), own.mean(axis=1), rtol=1e-5
+    )
+
+
+def test_render_records_its_reducer_and_the_top_objective_rises(net: TinyNet) -> None:
+    units = [1, 4]
+    rendered = render_units(net, "features.3", NCHW, units, preprocess=PRE, steps=24, size=32)
+    start = render_units(net, "features.3", NCHW, units, preprocess=PRE, steps=0, size=32)
+    (mean,) = render_units(net, "features.3", NCHW, [1], preprocess=PRE, steps=0, top=None)
+    assert rendered[0].params["top_positions"] == 16  # the default
+    assert mean.params["top_positions"] is None
+    # Rendering with the default reducer raises each unit's strongest positions.
+    for after, before in zip(rendered, start, strict=True):
+        assert after.act_max > before.act_max
+
+
 def test_identity_transform_is_exact() -> None:
     cfg = TransformConfig(pad=0, jitter=0, scales=(1.0,), angles=(0.0,), jitter2=0)
     images = torch.rand(2, 3, 32, 32)

@@ -93,13 +93,29 @@ class Objective:
         return self * (1.0 / k)
 
 
-def channel(layer: str, unit: int | None = None, layout: Layout = NCHW) -> Objective:
-    """Mean of the unit's map over positions (``unit=None``: each element's own unit)."""
-    return Objective(
-        lambda c: c.unit_maps(layer, unit).mean(dim=(1, 2)),  # (N,)
-        {layer: layout},
-        f"channel({layer}, {unit})",
-    )
+def _top_mean(m: torch.Tensor, top: int | None) -> torch.Tensor:
+    """(N, P) -> (N,): the mean of each row's ``top`` largest values (all when None)."""
+    if top is None or top >= m.shape[1]:
+        return m.mean(dim=1)
+    return m.topk(top, dim=1).values.mean(dim=1)
+
+
+def channel(
+    layer: str, unit: int | None = None, layout: Layout = NCHW, top: int | None = None
+) -> Objective:
+    """Mean of the unit's map over positions (``unit=None``: each element's own unit).
+
+    ``top=k`` averages only the k highest positions: between Lucent's mean (every position)
+    and the max (one position) that dataset examples are ranked by, whose gradient reaches one
+    position per step. Measured on the default model (224 px, 512 steps): top-16 lifted
+    blocks.0 from 3/8 to 8/8 units at or above their best dataset example.
+    """
+
+    def fn(c: Context) -> torch.Tensor:
+        return _top_mean(c.unit_maps(layer, unit).flatten(1), top)  # (N,)
+
+    name = f"channel({layer}, {unit})" if top is None else f"channel({layer}, {unit}, top={top})"
+    return Objective(fn, {layer: layout}, name)
 
 
 def neuron(layer: str, unit: int | None = None, layout: Layout = NCHW) -> Objective:
@@ -112,9 +128,16 @@ def neuron(layer: str, unit: int | None = None, layout: Layout = NCHW) -> Object
     return Objective(fn, {layer: layout}, f"neuron({layer}, {unit})")
 
 
-def negative(layer: str, unit: int | None = None, layout: Layout = NCHW) -> Objective:
-    """Minus the channel objective: images that drive the unit most negative."""
-    return -channel(layer, unit, layout)
+def negative(
+    layer: str, unit: int | None = None, layout: Layout = NCHW, top: int | None = None
+) -> Objective:
+    """Images that drive the unit most negative: minus the mean of its (``top`` lowest) map."""
+
+    def fn(c: Context) -> torch.Tensor:
+        return _top_mean(-c.unit_maps(layer, unit).flatten(1), top)  # (N,)
+
+    name = f"negative({layer}, {unit})" if top is None else f"negative({layer}, {unit}, top={top})"
+    return Objective(fn, {layer: layout}, name)
 
 
 def direction(layer: str, vector: torch.Tensor, layout: Layout = NCHW) -> Objective:

@@ -28,7 +28,10 @@ from workers.ml.hooks import Layout, run_to, to_unit_maps
 if TYPE_CHECKING:
     from workers.ml.featvis.facets import FacetProbe
 
-CODE_VERSION = "featvis-1"
+CODE_VERSION = "featvis-2"
+# The channel, diversity and negative objectives average each unit's 16 strongest positions
+# (objectives.channel explains why); None gives Lucent's plain spatial mean.
+CHANNEL_TOP = 16
 # Measured on 2 CPU cores: batch 8 was no faster per unit than 4 (early, high-resolution
 # layers were slower per unit), so the CPU default stays small.
 CPU_BATCH_SIZE = 4
@@ -203,14 +206,15 @@ def build_objective(
     facet: FacetProbe | None = None,
     facet_layer: str | None = None,
     facet_strength: float = 5.0,
+    top: int | None = CHANNEL_TOP,
 ) -> obj.Objective:
     """The named objective on each element's own unit, with the facet terms if a probe is given."""
     if name in ("channel", "diversity"):
-        base = obj.channel(module_path, layout=layout)
+        base = obj.channel(module_path, layout=layout, top=top)
     elif name == "neuron":
         base = obj.neuron(module_path, layout=layout)
     elif name == "negative":
-        base = obj.negative(module_path, layout=layout)
+        base = obj.negative(module_path, layout=layout, top=top)
     else:
         raise ValueError(f"unknown objective {name!r}; choose from {OBJECTIVES}")
     total = base
@@ -279,6 +283,7 @@ def render_units(
     device: torch.device | str = "cpu",
     channels_last: bool = True,
     fold_bn: bool = True,
+    top: int | None = CHANNEL_TOP,
 ) -> list[RenderResult]:
     """Render ``units`` of ``module_path``, many units per batch; one result per unit."""
     cfg = transforms or TransformConfig()
@@ -289,6 +294,7 @@ def render_units(
         facet=facet,
         facet_layer=facet_layer,
         facet_strength=facet_strength,
+        top=top,
     )
     per_unit = DIVERSITY_IMAGES if objective == "diversity" else 1
     # Every batch element: (position of its unit in ``units``, unit, image index in its set).
@@ -296,6 +302,7 @@ def render_units(
     params: dict[str, object] = {
         "code": CODE_VERSION,
         "objective": objective,
+        "top_positions": top,
         "steps": steps,
         "size": size,
         "lr": lr,
