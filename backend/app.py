@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
@@ -15,6 +17,8 @@ from backend.catalog import api as catalog_api
 from backend.catalog import pages as catalog_pages
 from backend.config import Settings, get_settings
 from backend.datasets import api as datasets_api
+from backend.db.session import get_engine
+from backend.db.version import read_version
 from backend.deps import admin_token
 from backend.errors import MicroscopeError
 from backend.etag import ETagMiddleware
@@ -22,6 +26,7 @@ from backend.families import api as families_api
 from backend.families import pages as families_pages
 from backend.jobs import api as jobs_api
 from backend.jobs import pages as jobs_pages
+from backend.pagecache import PageCache
 from backend.storage import make_store
 from backend.templating import FRONTEND, templates
 
@@ -46,6 +51,19 @@ def _error(request: Request, status: int, code: str, detail: str) -> Response:
     )
 
 
+def _version_reader(url: str) -> Callable[[], int | None]:
+    engine = get_engine(url)
+
+    def read() -> int | None:
+        try:
+            with engine.connect() as conn:
+                return read_version(conn)
+        except Exception:  # noqa: BLE001 - database unreachable: serve uncached
+            return None
+
+    return read
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the app for ``settings`` (the environment's by default)."""
     settings = settings or get_settings()
@@ -66,6 +84,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.admin_token = admin_token(settings)
 
     app.add_middleware(ETagMiddleware)
+    app.add_middleware(
+        PageCache,
+        read_version=_version_reader(settings.database_url),
+        max_bytes=settings.page_cache_mb * 1024 * 1024,
+        check_seconds=settings.page_cache_check_seconds,
+    )
     app.add_middleware(
         CORSMiddleware,
         allow_origins=settings.cors_origins,

@@ -35,6 +35,10 @@ class Settings(BaseSettings):
     public_url: str = "http://127.0.0.1:8000"
     featvis_steps: int = 512  # optimisation steps per render (Lucid's default)
     cors_origins: list[str] = ["*"]
+    # The web process's cache of rendered catalog pages (backend/pagecache.py); 0 turns it off.
+    page_cache_mb: int = 64
+    # How stale a cached page may be after another process's commit, at most.
+    page_cache_check_seconds: float = 0.02
 
     @model_validator(mode="after")
     def _fill_defaults(self) -> Settings:

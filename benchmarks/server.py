@@ -299,7 +299,13 @@ class Server:
     """uvicorn on loopback in a child process group."""
 
     def __init__(
-        self, db_url: str, data_dir: Path, workers: int, patches: list[str], fast: bool
+        self,
+        db_url: str,
+        data_dir: Path,
+        workers: int,
+        patches: list[str],
+        fast: bool,
+        cache: bool = True,
     ) -> None:
         self.port = _free_port()
         env = dict(os.environ)
@@ -308,6 +314,8 @@ class Server:
             MICROSCOPE_DATABASE_URL=db_url,
             MICROSCOPE_ADMIN_TOKEN="bench-admin-token-0123456789",
             BENCH_PATCHES=",".join(patches),
+            # "off" is the baseline: every request runs its handler.
+            MICROSCOPE_PAGE_CACHE_MB="64" if cache else "0",
         )
         paths = [str(ROOT)]
         if fast:
@@ -491,6 +499,9 @@ def main() -> None:
     p.add_argument("--patch", default="", help=f"comma list of {sorted(PATCHES)}")
     p.add_argument("--fast-deps", action="store_true", help="uvicorn with httptools + uvloop")
     p.add_argument("--quick", action="store_true", help="1k + 100k units, 5 s per target")
+    p.add_argument(
+        "--cache", default="off,on", help="page cache modes to run: off (baseline), on (ours)"
+    )
     a = p.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("wrk not found: apt-get install -y wrk")
@@ -516,7 +527,10 @@ def main() -> None:
         f"patches={patches or 'none'}, fast_deps={a.fast_deps}",
         flush=True,
     )
-    results: dict[int, dict[int, dict[str, dict[str, Any]]]] = {}
+    modes = [m for m in a.cache.split(",") if m]
+    if not modes or set(modes) - {"off", "on"}:
+        sys.exit("--cache takes off, on or off,on")
+    results: dict[int, dict[tuple[int, str], dict[str, dict[str, Any]]]] = {}
     seeds: dict[int, dict[str, Any]] = {}
     try:
         for n in sizes:
@@ -540,12 +554,14 @@ def main() -> None:
             results[n] = {}
             try:
                 for w in worker_counts:
-                    print(f"  uvicorn --workers {w}", flush=True)
-
-                    start = functools.partial(Server, url, data_dir, w, patches, a.fast_deps)
-                    results[n][w] = bench_targets(
-                        start, lists, a.duration, a.connections, a.warmup, lua, tmp
-                    )
+                    for mode in modes:
+                        print(f"  uvicorn --workers {w}, page cache {mode}", flush=True)
+                        start = functools.partial(
+                            Server, url, data_dir, w, patches, a.fast_deps, mode == "on"
+                        )
+                        results[n][(w, mode)] = bench_targets(
+                            start, lists, a.duration, a.connections, a.warmup, lua, tmp
+                        )
             finally:
                 if pg_name and a.postgres:
                     from backend.db.session import get_engine
@@ -557,7 +573,10 @@ def main() -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
     big, small = max(sizes), min(sizes)
-    head = results[big][worker_counts[0]]
+    # Headline figures: the last mode (ours, the cache on, when both ran); "_nocache" keys
+    # give the baseline from the same run.
+    main_key = (worker_counts[0], modes[-1])
+    head = results[big][main_key]
     static = head["static"]["rps"]
     summary: dict[str, Any] = {"bench": "server"}
     for t in TARGETS:
@@ -566,21 +585,28 @@ def main() -> None:
     summary["unit_page_ratio"] = round(head["unit_page"]["rps"] / static, 3)
     summary["layer_page_ratio"] = round(head["layer_page"]["rps"] / static, 3)
     summary["unit_page_p99_ms"] = round(head["unit_page"]["p99_us"] / 1000, 2)
+    if "off" in modes and modes[-1] != "off":
+        base = results[big][(worker_counts[0], "off")]
+        base_static = base["static"]["rps"]
+        for t in ("unit_json", "unit_page", "layer_page"):
+            summary[f"{t}_ratio_nocache"] = round(base[t]["rps"] / base_static, 3)
+            summary[f"{t}_p99_ms_nocache"] = round(base[t]["p99_us"] / 1000, 2)
     summary["errors"] = sum(
         r["errors"] for by_w in results.values() for w in by_w.values() for r in w.values()
     )
-    p99_small = results[small][worker_counts[0]]["unit_page"]["p99_us"]
+    p99_small = results[small][main_key]["unit_page"]["p99_us"]
     summary["p99_1m_over_1k"] = round(head["unit_page"]["p99_us"] / max(p99_small, 1), 3)
     for t in TARGETS:
         summary[f"{t}_p50_ms"] = round(head[t]["p50_us"] / 1000, 2)
         summary[f"{t}_p99_ms"] = round(head[t]["p99_us"] / 1000, 2)
         summary[f"{t}_cpu_ms_per_req"] = round(head[t]["cpu_ms_per_req"], 3)
     for n in sizes:
-        for w in worker_counts:
+        for w, mode in results[n]:
             for t in TARGETS:
-                r = results[n][w][t]
-                summary[f"{t}_rps_{_fmt_size(n)}_w{w}"] = round(r["rps"], 1)
-                summary[f"{t}_p99_ms_{_fmt_size(n)}_w{w}"] = round(r["p99_us"] / 1000, 2)
+                r = results[n][(w, mode)][t]
+                tag = f"{_fmt_size(n)}_w{w}_cache_{mode}"
+                summary[f"{t}_rps_{tag}"] = round(r["rps"], 1)
+                summary[f"{t}_p99_ms_{tag}"] = round(r["p99_us"] / 1000, 2)
         summary[f"seed_s_{_fmt_size(n)}"] = round(seeds[n]["seconds"], 1)
     summary["units_big"] = big
     summary["units_small"] = small
@@ -590,6 +616,7 @@ def main() -> None:
     summary["duration_s"] = a.duration
     summary["patches"] = patches
     summary["fast_deps"] = a.fast_deps
+    summary["cache_modes"] = modes
     print(json.dumps(summary))
 
 

@@ -207,3 +207,17 @@ class FamilyMember(Base):
     note: Mapped[str | None] = mapped_column(Text)
 
     family: Mapped[Family] = relationship(back_populates="members")
+
+
+class CatalogVersion(Base):
+    """One row whose value rises with every commit that changes what pages show.
+
+    The web process's page cache (backend/pagecache.py) compares it to decide whether a
+    cached page is still current; backend/db/session.py bumps it in the committing
+    transaction itself, so a reader that sees the new value also sees the new data.
+    """
+
+    __tablename__ = "catalog_version"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    value: Mapped[int] = mapped_column(BigIntId, default=0)

@@ -61,3 +61,8 @@ def session_scope(url: str) -> Iterator[Session]:
         raise
     finally:
         session.close()
+
+
+# Every Session bumps the catalog version when it commits catalog changes (the page cache's
+# validator); importing the module registers its listeners.
+from backend.db import version as _version  # noqa: E402,F401
