@@ -9,6 +9,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
+from sqlalchemy import create_engine, event
+from sqlalchemy.pool import StaticPool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from backend import objects
@@ -17,7 +19,6 @@ from backend.catalog import api as catalog_api
 from backend.catalog import pages as catalog_pages
 from backend.config import Settings, get_settings
 from backend.datasets import api as datasets_api
-from backend.db.session import get_engine
 from backend.db.version import read_version
 from backend.deps import admin_token
 from backend.errors import MicroscopeError
@@ -52,7 +53,17 @@ def _error(request: Request, status: int, code: str, detail: str) -> Response:
 
 
 def _version_reader(url: str) -> Callable[[], int | None]:
-    engine = get_engine(url)
+    """Reads the catalog version on a connection of its own.
+
+    The page cache calls it in the event loop, so it must never wait on the shared pool: with
+    every pooled connection held by handlers that need the loop to finish, that wait would
+    deadlock the server (seen under load). One connection, used only by the loop's thread.
+    """
+    sqlite = url.startswith("sqlite")
+    args = {"check_same_thread": False} if sqlite else {}
+    engine = create_engine(url, poolclass=StaticPool, pool_pre_ping=True, connect_args=args)
+    if sqlite:
+        event.listen(engine, "connect", lambda c, _r: c.execute("PRAGMA query_only=ON"))
 
     def read() -> int | None:
         try:

@@ -26,3 +26,10 @@ class InvalidInput(MicroscopeError):
 class Unauthorized(MicroscopeError):
     status = 401
     code = "unauthorized"
+
+
+class NotReady(MicroscopeError):
+    """The request is fine but what answers it has not been computed yet."""
+
+    status = 409
+    code = "not_ready"

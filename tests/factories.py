@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
+import io
 from datetime import UTC, datetime
 
+import numpy as np
 from sqlalchemy import insert
 from sqlalchemy.orm import Session
 
@@ -73,6 +76,63 @@ def make_artifact(
         storage_key=key,
         content_type=content_type,
         meta=None,
+        provenance={"model_checksum": "x", "params": params, "code_version": "test"},
+        created_at=datetime.now(UTC),
+    )
+    session.add(a)
+    session.flush()
+    return a
+
+
+def unit_vectors(count: int, dim: int = 32, seed: int = 0) -> np.ndarray:
+    """Random unit-norm rows, (count, dim), as text vectors of units."""
+    vecs = np.random.default_rng(seed).normal(size=(count, dim)).astype(np.float32)
+    return vecs / np.linalg.norm(vecs, axis=1, keepdims=True)
+
+
+def make_search_index(
+    session: Session,
+    store: ObjectStore,
+    model: Model,
+    layers: list[Layer],
+    unit_vecs: np.ndarray,
+    vocab: dict[str, np.ndarray],
+) -> Artifact:
+    """A ``search_index`` artifact shaped like the text-views task's: ``unit_vecs`` (U, D)
+    for the units of ``layers`` in order, and ``vocab``'s vectors (normalised here)."""
+    assert unit_vecs.shape[0] == sum(layer.unit_count for layer in layers)
+    words = list(vocab)
+    vocab_vecs = np.stack([np.asarray(vocab[w], dtype=np.float32) for w in words])  # (V, D)
+    vocab_vecs /= np.linalg.norm(vocab_vecs, axis=1, keepdims=True)
+    buf = io.BytesIO()
+    np.savez_compressed(
+        buf,
+        layer_names=np.array([layer.name for layer in layers]),
+        unit_layer=np.concatenate(
+            [np.full(layer.unit_count, i) for i, layer in enumerate(layers)]
+        ).astype(np.int32),
+        unit_index=np.concatenate([np.arange(layer.unit_count) for layer in layers]).astype(
+            np.int32
+        ),
+        unit_vecs=unit_vecs.astype(np.float32),
+        vocab=np.array(words),
+        vocab_vecs=vocab_vecs.astype(np.float16),  # as the task stores them
+    )
+    blob = buf.getvalue()
+    params = {"sha": hashlib.sha256(blob).hexdigest()}
+    ph = params_hash(params)
+    key = artifact_key(model.slug, None, None, "search_index", ph, "npz")
+    store.put(key, blob, "application/octet-stream")
+    a = Artifact(
+        kind="search_index",
+        model_id=model.id,
+        layer_id=None,
+        unit_index=None,
+        variant="",
+        params_hash=ph,
+        storage_key=key,
+        content_type="application/octet-stream",
+        meta={"units": int(unit_vecs.shape[0]), "vocab": len(words)},
         provenance={"model_checksum": "x", "params": params, "code_version": "test"},
         created_at=datetime.now(UTC),
     )

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse
+from sqlalchemy.orm import Session
 
 from backend.catalog import service
 from backend.catalog.repository import CatalogRepository
 from backend.catalog.views import VIEW_TITLES, examples_view, group_views, text_view
 from backend.deps import SessionDep, is_admin
-from backend.families.service import unit_families
+from backend.families.service import list_families, unit_families
 from backend.jobs.repository import JobRepository
 from backend.jobs.schemas import job_out
 from backend.templating import is_htmx, templates
@@ -55,6 +58,21 @@ def unit_page(
     view: str | None = Query(None, description="which tab opens"),
     job_id: int | None = Query(None, alias="job", description="a job to follow live"),
 ) -> HTMLResponse:
+    ctx = unit_context(request, session, model, layer, unit, view=view, job_id=job_id)
+    return templates.TemplateResponse(request, "unit.html", ctx)
+
+
+def unit_context(
+    request: Request,
+    session: Session,
+    model: str,
+    layer: str,
+    unit: int,
+    *,
+    view: str | None = None,
+    job_id: int | None = None,
+) -> dict[str, Any]:
+    """What unit.html shows (also re-rendered by the admin's label and family edits)."""
     v = service.unit_view(session, model, layer, unit)
     card = next(iter(v.by_kind.pop("neuron_card", [])), None)
     public = request.app.state.settings.public_url.rstrip("/")
@@ -72,27 +90,25 @@ def unit_page(
         examples = examples_view(session, request.app.state.store, views["examples"])
     if active == "text":
         text = text_view(request.app.state.store, views["text"])
-    return templates.TemplateResponse(
-        request,
-        "unit.html",
-        {
-            "model": service.model_out(v.model),
-            "layer": service.layer_out(v.model, v.layer),
-            "unit": v.out,
-            "views": views,
-            "titles": VIEW_TITLES,
-            "active": active,
-            "examples": examples,
-            "text": text,
-            "heatmap": request.query_params.get("heatmap") == "1",
-            "families": unit_families(session, v.unit),
-            "missing": missing,
-            "job": job,
-            "admin": is_admin(request),
-            "card_url": f"{public}{card.url}" if card else None,
-            "page_url": f"{public}{v.out.url}",
-        },
-    )
+    admin = is_admin(request)
+    return {
+        "model": service.model_out(v.model),
+        "layer": service.layer_out(v.model, v.layer),
+        "unit": v.out,
+        "views": views,
+        "titles": VIEW_TITLES,
+        "active": active,
+        "examples": examples,
+        "text": text,
+        "heatmap": request.query_params.get("heatmap") == "1",
+        "families": unit_families(session, v.unit),
+        "all_families": list_families(session) if admin else [],
+        "missing": missing,
+        "job": job,
+        "admin": admin,
+        "card_url": f"{public}{card.url}" if card else None,
+        "page_url": f"{public}{v.out.url}",
+    }
 
 
 @router.get("/models/{model}/{layer:path}", response_class=HTMLResponse)

@@ -7,7 +7,15 @@ from fastapi import APIRouter, Query, Request, status
 from backend import urls
 from backend.deps import AdminDep, SessionDep
 from backend.families import service
-from backend.families.service import Card, FamilyCreate, FamilyOut, LabelUpdate, MemberRef
+from backend.families.service import (
+    Card,
+    CompositionOut,
+    FamilyCreate,
+    FamilyOut,
+    FamilyUpdate,
+    LabelUpdate,
+    MemberRef,
+)
 
 router = APIRouter(prefix=urls.API, tags=["families"])
 
@@ -34,6 +42,13 @@ def create_family(body: FamilyCreate, session: SessionDep) -> FamilyOut:
 def get_family(slug: str, session: SessionDep) -> FamilyOut:
     """A family and its neuron cards."""
     return service.family_out(session, service.get_family(session, slug), with_members=True)
+
+
+@router.patch("/families/{slug}", response_model=FamilyOut, dependencies=[AdminDep])
+def update_family(slug: str, body: FamilyUpdate, session: SessionDep) -> FamilyOut:
+    """Rename a family or change its description (admin); its slug and URL stay."""
+    fam = service.update_family(session, service.get_family(session, slug), body)
+    return service.family_out(session, fam, with_members=True)
 
 
 @router.post("/families/{slug}/members", response_model=FamilyOut, dependencies=[AdminDep])
@@ -82,3 +97,18 @@ def search(
     if hits or mode == "text":
         return hits
     return service.search_labels(session, q, model=model)
+
+
+@router.get("/search/compose", response_model=CompositionOut, tags=["search"])
+def compose(
+    request: Request,
+    session: SessionDep,
+    q: str = Query(..., min_length=1, description="a concept in words"),
+    model: str | None = Query(None, description="compose from this model's units"),
+    layer: str | None = Query(None, description="compose from this layer's units only"),
+) -> CompositionOut:
+    """A text concept as a sparse combination of units: non-negative weights (L1 regression,
+    at most 8 units among the 200 closest) whose weighted sum of unit text vectors
+    approximates the query's, and the cosine between the two. Without ``model``, the model
+    whose combination fits best."""
+    return service.compose_text(session, request.app.state.store, q, model=model, layer=layer)

@@ -5,24 +5,27 @@ from __future__ import annotations
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse
 
-from backend.deps import SessionDep
-from backend.families import service
+from backend.deps import SessionDep, is_admin
+from backend.errors import MicroscopeError
+from backend.families import actions, service
 from backend.templating import templates
 
 router = APIRouter(include_in_schema=False)
+# The admin's edits come with the pages they change (app.py mounts this router).
+router.include_router(actions.router)
 
 
 @router.get("/families", response_class=HTMLResponse)
 def families_page(request: Request, session: SessionDep) -> HTMLResponse:
-    return templates.TemplateResponse(
-        request, "families.html", {"families": service.list_families(session)}
-    )
+    ctx = {"families": service.list_families(session), "admin": is_admin(request)}
+    return templates.TemplateResponse(request, "families.html", ctx)
 
 
 @router.get("/families/{slug}", response_class=HTMLResponse)
 def family_page(request: Request, slug: str, session: SessionDep) -> HTMLResponse:
     fam = service.family_out(session, service.get_family(session, slug), with_members=True)
-    return templates.TemplateResponse(request, "family.html", {"family": fam})
+    ctx = {"family": fam, "admin": is_admin(request)}
+    return templates.TemplateResponse(request, "family.html", ctx)
 
 
 @router.get("/search", response_class=HTMLResponse)
@@ -31,15 +34,28 @@ def search_page(
     session: SessionDep,
     q: str = Query(""),
     model: str | None = None,
+    layer: str | None = None,
     mode: str = Query("text", pattern="^(auto|text|label)$"),
 ) -> HTMLResponse:
     results: list[service.Card] = []
     used: list[str] = []
-    if q and mode == "text":
-        results, used = service.search_text(session, request.app.state.store, q, model=model)
+    composition = None
+    if q.strip() and mode == "text":
+        store = request.app.state.store
+        results, used = service.search_text(session, store, q, model=model)
+        try:
+            composition = service.compose_text(session, store, q, model=model, layer=layer)
+        except MicroscopeError:  # no search index (yet): the results say so already
+            composition = None
     labels = service.search_labels(session, q, model=model) if q else []
-    return templates.TemplateResponse(
-        request,
-        "search.html",
-        {"q": q, "results": results, "used": used, "labels": labels, "model": model, "mode": mode},
-    )
+    ctx = {
+        "q": q,
+        "results": results,
+        "used": used,
+        "composition": composition,
+        "labels": labels,
+        "model": model,
+        "layer": layer,
+        "mode": mode,
+    }
+    return templates.TemplateResponse(request, "search.html", ctx)

@@ -1,4 +1,5 @@
-"""Families of units (hand-curated or proposed), unit labels, and label search."""
+"""Families of units (hand-curated or proposed), unit labels, label and text search, and
+text concepts composed from units."""
 
 from __future__ import annotations
 
@@ -13,9 +14,9 @@ from backend import urls
 from backend.catalog import service as catalog
 from backend.catalog.spec import slugify
 from backend.db.models import Artifact, Family, FamilyMember, Layer, Model, Unit
-from backend.errors import InvalidInput, NotFoundError
+from backend.errors import InvalidInput, NotFoundError, NotReady
 from backend.storage import NotFound, ObjectStore
-from backend.textsearch import load_index
+from backend.textsearch import TextIndex, load_index
 
 
 class MemberRef(BaseModel):
@@ -29,6 +30,11 @@ class FamilyCreate(BaseModel):
     name: str = Field(min_length=1, max_length=200)
     description: str | None = None
     members: list[MemberRef] = []
+
+
+class FamilyUpdate(BaseModel):
+    name: str | None = Field(None, min_length=1, max_length=200)
+    description: str | None = Field(None, description="an empty string clears it")
 
 
 class LabelUpdate(BaseModel):
@@ -46,6 +52,23 @@ class Card(BaseModel):
     url: str
     thumbnail: str | None
     score: float | None = None
+
+
+class Term(Card):
+    """A unit in a composition, with its weight."""
+
+    weight: float
+
+
+class CompositionOut(BaseModel):
+    """``query ≈ sum(weight × unit text vector)`` over ``terms``."""
+
+    query: str
+    model: str | None
+    layer: str | None
+    used: list[str] = Field(description="vocabulary entries the query's vector was made from")
+    cosine: float | None = Field(description="cosine between the weighted sum and the query")
+    terms: list[Term]
 
 
 class FamilyOut(BaseModel):
@@ -149,6 +172,19 @@ def create_family(session: Session, body: FamilyCreate, source: str = "manual") 
     return fam
 
 
+def update_family(session: Session, fam: Family, body: FamilyUpdate) -> Family:
+    """Rename a family or change its description; the slug (its permalink) stays."""
+    if body.name is not None:
+        name = body.name.strip()
+        if not slugify(name):
+            raise InvalidInput("a family needs a name with letters or digits")
+        fam.name = name
+    if body.description is not None:
+        fam.description = body.description.strip() or None
+    session.flush()
+    return fam
+
+
 def add_member(session: Session, fam: Family, ref: MemberRef) -> None:
     _, _, unit = _resolve(session, ref)
     exists = session.get(FamilyMember, (fam.id, unit.id))
@@ -216,20 +252,46 @@ def search_labels(
     return cards(session, [(m, layer, u, None) for m, layer, u in rows])
 
 
-def search_text(
-    session: Session, store: ObjectStore, q: str, *, model: str | None = None, top: int = 30
-) -> tuple[list[Card], list[str]]:
-    """Zero-shot neuron search: units whose text vector is closest to the query's."""
+def _indexes(session: Session, model: str | None) -> list[tuple[Model, str]]:
+    """(model, storage key) of each model's search index, or ``model``'s only."""
     stmt = (
         select(Model, Artifact.storage_key)
         .join(Artifact, Artifact.model_id == Model.id)
         .where(Artifact.kind == "search_index", Artifact.layer_id.is_(None))
+        .order_by(Model.slug)
     )
     if model:
         stmt = stmt.where(Model.slug == model)
+    return [(m, key) for m, key in session.execute(stmt).all()]
+
+
+def _unit_cards(session: Session, found: Sequence[tuple[Model, str, int]]) -> list[Card | None]:
+    """Cards for (model, layer name, unit index) triples; None where the unit is gone."""
+    rows: list[tuple[Model, Layer, Unit, str | None]] = []
+    at: list[int] = []
+    for i, (m, layer_name, index_) in enumerate(found):
+        layer = session.scalar(
+            select(Layer).where(Layer.model_id == m.id, Layer.name == layer_name)
+        )
+        if layer is None:
+            continue
+        unit = session.scalar(select(Unit).where(Unit.layer_id == layer.id, Unit.index == index_))
+        if unit is not None:
+            rows.append((m, layer, unit, None))
+            at.append(i)
+    out: list[Card | None] = [None] * len(found)
+    for i, card in zip(at, cards(session, rows), strict=True):
+        out[i] = card
+    return out
+
+
+def search_text(
+    session: Session, store: ObjectStore, q: str, *, model: str | None = None, top: int = 30
+) -> tuple[list[Card], list[str]]:
+    """Zero-shot neuron search: units whose text vector is closest to the query's."""
     found: list[tuple[float, Model, str, int]] = []
     used: list[str] = []
-    for m, key in session.execute(stmt).all():
+    for m, key in _indexes(session, model):
         try:
             index = load_index(store, key)
         except NotFound:
@@ -239,19 +301,57 @@ def search_text(
         found += [(h.score, m, h.layer, h.unit) for h in hits]
     found.sort(key=lambda t: -t[0])
     found = found[:top]
-    rows: list[tuple[Model, Layer, Unit, str | None]] = []
-    scores: list[float] = []
-    for score, m, layer_name, index_ in found:
-        layer = session.scalar(
-            select(Layer).where(Layer.model_id == m.id, Layer.name == layer_name)
-        )
-        if layer is None:
-            continue
-        unit = session.scalar(select(Unit).where(Unit.layer_id == layer.id, Unit.index == index_))
-        if unit is not None:
-            rows.append((m, layer, unit, None))
-            scores.append(score)
-    out = cards(session, rows)
-    for c, sc in zip(out, scores, strict=True):
-        c.score = round(sc, 4)
+    out: list[Card] = []
+    for (score, *_), card in zip(found, _unit_cards(session, [f[1:] for f in found]), strict=True):
+        if card is not None:
+            card.score = round(score, 4)
+            out.append(card)
     return out, used
+
+
+def compose_text(
+    session: Session,
+    store: ObjectStore,
+    q: str,
+    *,
+    model: str | None = None,
+    layer: str | None = None,
+) -> CompositionOut:
+    """A text concept as a sparse non-negative combination of units (L1 regression of the
+    query's vector on unit text vectors): ``model``'s units, else those of the model whose
+    combination fits best; only ``layer``'s units when given."""
+    q = q.strip()
+    if not q:
+        raise InvalidInput("the query is empty")
+    if model is not None:
+        m = catalog.get_model(session, model)
+        if layer is not None:
+            catalog.get_layer(session, m, layer)
+    indexes: list[tuple[Model, TextIndex]] = []
+    for m, key in _indexes(session, model):
+        try:
+            indexes.append((m, load_index(store, key)))
+        except NotFound:
+            continue
+    if layer is not None:
+        indexes = [(m, ix) for m, ix in indexes if layer in ix.layers]
+    if not indexes:
+        where = f" covering layer {layer!r}" if layer else ""
+        if model:
+            raise NotReady(f"model {model!r} has no search index{where} yet: run its text views")
+        raise NotReady(f"no model has a search index{where} yet: compute the text views first")
+    best = None
+    for m, ix in indexes:
+        comp = ix.compose(q, layer)
+        if comp is not None and (best is None or comp.cosine > best[1].cosine):
+            best = (m, comp)
+    out = CompositionOut(query=q, model=model, layer=layer, used=[], cosine=None, terms=[])
+    if best is None:  # none of the query's words is in the vocabulary
+        return out
+    m, comp = best
+    found = [(m, t.layer, t.unit) for t in comp.terms]
+    for t, card in zip(comp.terms, _unit_cards(session, found), strict=True):
+        if card is not None:
+            out.terms.append(Term(**card.model_dump(), weight=round(t.weight, 4)))
+    out.model, out.used, out.cosine = m.slug, comp.used, round(comp.cosine, 4)
+    return out

@@ -30,7 +30,7 @@ def _seed(session) -> None:  # type: ignore[no-untyped-def]
 def _sneak_label(settings, label: str) -> None:  # type: ignore[no-untyped-def]
     """Change a label behind the ORM's back: no version bump, so only a cache would hide it."""
     with get_engine(settings.database_url).begin() as conn:
-        conn.execute(text("UPDATE units SET label = :l WHERE \"index\" = 2"), {"l": label})
+        conn.execute(text('UPDATE units SET label = :l WHERE "index" = 2'), {"l": label})
 
 
 def _version(session) -> int:  # type: ignore[no-untyped-def]
