@@ -234,6 +234,7 @@ def up(
         featvis_units = None if gpu else 4
     if words is None:
         words = 10000 if gpu else 2000
+    climb_units = None if gpu else 8  # CLIP's hill-climbed strings: seconds a unit on a CPU
     if dataset is None:
         dataset = s.data_dir / "datasets" / DEMO_SLUG
         _assemble_demo(dataset)
@@ -249,7 +250,14 @@ def up(
         job_ids = [ds_job.id, m_job.id]
         job_ids += [
             j.id
-            for j in queue_precompute(session, m, ds, featvis_units=featvis_units, words=words or 0)
+            for j in queue_precompute(
+                session,
+                m,
+                ds,
+                featvis_units=featvis_units,
+                words=words or 0,
+                climb_units=climb_units,
+            )
         ]
     log = s.data_dir / "logs" / "worker.log"
     proc = _start_worker(s, log)

@@ -28,11 +28,14 @@ def queue_precompute(
     *,
     featvis_units: int | None = None,
     words: int = 10000,
+    climb_units: int | None = 8,
 ) -> list[Job]:
     """Every precompute job: dataset examples, text views, rendered words, feature vis.
 
     ``featvis_units``: how many units per default layer get a bulk render (None = all,
-    0 = none); ``words``: how many dictionary words are rendered and mined (0 = none).
+    0 = none); ``words``: how many dictionary words are rendered and mined (0 = none);
+    ``climb_units``: for CLIP, how many units per default layer get hill-climbed token
+    strings (None = all, 0 = none).
     Tasks wait (retry) until what they need exists: the model registered, the dataset
     imported, the dataset examples mined; the bulk render job then queues one job per block
     of units.
@@ -54,7 +57,7 @@ def queue_precompute(
             session,
             kind="text_views",
             task_name=TASK_TEXT_VIEWS,
-            params={"model_id": model.id, "dataset_id": dataset.id},
+            params={"model_id": model.id, "dataset_id": dataset.id, "climb_units": climb_units},
             queue="gpu",
             priority=4,
             model_id=model.id,

@@ -61,9 +61,10 @@ def make_artifact(
     data: bytes = b"RIFF....WEBP",
     ext: str = "webp",
     content_type: str = "image/webp",
+    variant: str = "channel",
 ) -> Artifact:
     params = {"objective": "channel", "steps": 8}
-    ph = params_hash(params)
+    ph = params_hash(params if variant == "channel" else {**params, "variant": variant})
     key = artifact_key(model.slug, layer.name, unit, kind, ph, ext)
     store.put(key, data, content_type)
     a = Artifact(
@@ -71,7 +72,7 @@ def make_artifact(
         model_id=model.id,
         layer_id=layer.id,
         unit_index=unit,
-        variant="channel",
+        variant=variant,
         params_hash=ph,
         storage_key=key,
         content_type=content_type,

@@ -54,17 +54,24 @@ def _ranked(store: ObjectStore, arts: list[ArtifactOut]) -> list[dict[str, Any]]
         top = json.loads(store.get(_key(arts[0].url))).get("top", [])
     except (NotFound, ValueError):
         return []
-    best = max((t["score"] for t in top), default=1.0) or 1.0
-    return [{**t, "width": max(2.0, 100.0 * t["score"] / best)} for t in top]
+    scores = [t["score"] for t in top]
+    # Bars from zero, or from the lowest score when some are negative (climbed strings pay a
+    # penalty and may all score below zero).
+    lo = min(0.0, *scores) if scores else 0.0
+    span = (max(scores, default=1.0) - lo) or 1.0
+    return [{**t, "width": max(2.0, 100.0 * (t["score"] - lo) / span)} for t in top]
 
 
 def text_view(store: ObjectStore, arts: dict[str, list[ArtifactOut]]) -> dict[str, Any] | None:
-    """The unit's top strings (text feature visualization) and top rendered words."""
-    strings = _ranked(store, arts.get("text_fv") or [])
+    """The unit's top strings (text feature visualization), its hill-climbed token strings
+    (CLIP) and its top rendered words."""
+    fv = arts.get("text_fv") or []
+    strings = _ranked(store, [a for a in fv if a.variant == ""])
+    climbed = _ranked(store, [a for a in fv if a.variant == "hill_climb"])
     words = _ranked(store, arts.get("rendered_words") or [])
-    if not strings and not words:
+    if not strings and not climbed and not words:
         return None
-    return {"top": strings, "words": words}
+    return {"top": strings, "climbed": climbed, "words": words}
 
 
 def histogram_bars(

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import json
+
 from bs4 import BeautifulSoup
 
 from backend.storage import make_store
@@ -91,3 +93,30 @@ def test_home_previews_units_of_the_deepest_layer(client, session, settings) -> 
     page = soup(client.get("/", headers=HTML))
     assert [i["src"] for i in page.select(".card .preview img")] == [f"/objects/{a.storage_key}"]
     assert client.get("/api/v1/models").json()[0]["preview"] == [f"/objects/{a.storage_key}"]
+
+
+def test_text_tab_shows_vocabulary_and_hill_climbed_strings(client, session, settings) -> None:
+    m = make_model(session, "tiny")
+    layer = make_layer(session, m, "blocks.1", units=2)
+    store = make_store(settings)
+    ranked = {
+        "": [("dog", 0.4), ("puppy", 0.2)],
+        # Climbed strings pay a penalty on rare tokens: their scores may all be negative.
+        "hill_climb": [("dog dog puppy", -0.01), ("dog cat puppy", -0.05)],
+    }
+    for variant, top in ranked.items():
+        data = json.dumps({"top": [{"text": t, "score": s} for t, s in top]}).encode()
+        make_artifact(
+            session, store, m, layer, 1, "text_fv", data, "json", "application/json", variant
+        )
+    session.commit()
+    page = soup(client.get("/models/tiny/blocks.1/1?view=text", headers=HTML))
+    sections = page.select(".text-views section")
+    assert [s.h3.text for s in sections] == [
+        "Strings that drive this unit",
+        "Hill-climbed token strings",
+    ]
+    for section, top in zip(sections, ranked.values(), strict=True):
+        assert [x.text for x in section.select("li .s")] == [t for t, _ in top]
+    widths = [b["style"] for b in sections[1].select(".bar")]
+    assert widths == ["width: 100%", "width: 2%"]  # the best bar is full, none runs over

@@ -8,9 +8,15 @@ import torch.nn.functional as F
 
 from workers.ml.hooks import Layout
 from workers.ml.models import load_model
-from workers.ml.text.heads import make_text_head
+from workers.ml.text.heads import encode_tokens, make_text_head
 from workers.ml.text.search import SearchIndex
-from workers.ml.text.textfv import hill_climb, top_strings, word_token_ids
+from workers.ml.text.textfv import (
+    LM_PENALTY,
+    climb_candidates,
+    hill_climb,
+    top_strings,
+    word_token_ids,
+)
 from workers.ml.text.unit_vectors import compute_unit_vectors
 
 VOCAB = ["dog", "cat", "a photo of a dog", "car", "tree", "spider", "house", "boat"]
@@ -36,6 +42,33 @@ def test_rn50_readout_linearises_the_attention_pool(rn50) -> None:
     assert text.shape == (len(VOCAB), head.space_dim)
     assert torch.allclose(text.norm(dim=-1), torch.ones(len(VOCAB)), atol=1e-5)
     assert head.penultimate_weights(["dog"]).shape == (1, 2048)
+
+
+def test_short_context_text_encoding_equals_the_full_context(rn50) -> None:
+    # The tower is causal and pools at the end token: the padding after it changes nothing.
+    tokens = rn50.tokenizer(VOCAB)  # (8, 77)
+    with torch.inference_mode():
+        full = rn50.full_model.encode_text(tokens)  # (8, D)
+        short = encode_tokens(rn50.full_model, tokens)  # (8, D)
+    assert torch.allclose(short, full, atol=1e-4)
+
+
+def test_hill_climb_only_moves_up_and_is_deterministic(rn50) -> None:
+    head = make_text_head(rn50)
+    direction = head.encode(["dog"])[0]  # (D,)
+    words = ["dog", "cat", "tree", "house", "car", "boat", "photo", "red"]
+    ids = word_token_ids(words)
+    cands = climb_candidates(direction, head.encode(words), ids, k=6)
+    assert len(cands) == 6 and cands[0] == ids[0]  # "dog" itself is closest
+    climb = hill_climb(rn50, direction, cands, n_tokens=2, sweeps=1, keep=5)
+    assert climb.start == cands[:2] and climb.score >= climb.start_score
+    assert climb.top[0] == (climb.text, climb.score) and len(climb.top) == 5
+    assert [s for _, s in climb.top] == sorted((s for _, s in climb.top), reverse=True)
+    # The score is the objective: the string's cosine with the direction, less the penalty.
+    penalty = LM_PENALTY * sum(float(torch.log1p(torch.tensor(float(t)))) for t in climb.tokens)
+    cos = float(head.encode([climb.text])[0] @ F.normalize(direction, dim=0))
+    assert climb.score == pytest.approx(cos - penalty, abs=1e-4)
+    assert hill_climb(rn50, direction, cands, n_tokens=2, sweeps=1, keep=5) == climb
 
 
 @pytest.mark.slow
@@ -71,6 +104,10 @@ def test_vit_readout_matches_a_last_block_perturbation(tmp_path) -> None:
     loaded = load_model(f"open_clip:ViT-B-32@{path}")
     head = make_text_head(loaded)
     assert head.last_layer_path == "transformer.resblocks.11.mlp.gelu"
+    tokens = loaded.tokenizer(VOCAB[:3])  # (3, 77)
+    with torch.inference_mode():
+        full = loaded.full_model.encode_text(tokens)  # (3, D)
+        assert torch.allclose(encode_tokens(loaded.full_model, tokens), full, atol=1e-4)
     visual = loaded.image_model
     x = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(2))
     unit, eps = 7, 1e-2

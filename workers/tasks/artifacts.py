@@ -78,9 +78,12 @@ def publish_ranked(
     kind: str,
     params: dict[str, Any],
     ranked: list[tuple[str, float]],
+    variant: str = "",
+    extra: dict[str, Any] | None = None,
 ) -> Artifact:
-    """A unit's ranked strings (text views) as ``{"top": [{"text", "score"}, ...]}`` JSON."""
-    payload = {"top": [{"text": t, "score": s} for t, s in ranked]}
+    """A unit's ranked strings (text views) as ``{"top": [{"text", "score"}, ...]}`` JSON,
+    with ``extra`` fields beside ``top``."""
+    payload = {**(extra or {}), "top": [{"text": t, "score": s} for t, s in ranked]}
     return publish(
         session,
         store,
@@ -88,7 +91,7 @@ def publish_ranked(
         layer=layer,
         unit=unit,
         kind=kind,
-        variant="",
+        variant=variant,
         params=params,
         data=json.dumps(payload).encode(),
         ext="json",

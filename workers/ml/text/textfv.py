@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from workers.ml.models import LoadedModel
+from workers.ml.text.heads import encode_tokens
 
 DICT_WORDS = Path("/usr/share/dict/words")  # Debian wamerican
 TEMPLATES = ("a photo of a {}", "a drawing of a {}", "a close-up photo of the {}")
@@ -55,11 +56,20 @@ def top_strings(
 
 @dataclass
 class ClimbResult:
-    """A token sequence found by hill climbing, its text and score (cosine minus penalty)."""
+    """A token sequence found by hill climbing, its text and score (cosine minus penalty).
+
+    ``start`` is the sequence the climb began from and ``start_score`` its score: the climb only
+    ever moves up, so ``score >= start_score``. ``top`` holds the best distinct strings among
+    every sequence the climb evaluated, best first (the final one included).
+    """
 
     tokens: list[int]
     text: str
     score: float
+    start: list[int]
+    start_text: str
+    start_score: float
+    top: list[tuple[str, float]]
 
 
 def hill_climb(
@@ -69,15 +79,21 @@ def hill_climb(
     n_tokens: int = 3,
     sweeps: int = 2,
     lm_penalty: float = LM_PENALTY,
+    keep: int = 16,
 ) -> ClimbResult:
     """Greedy coordinate ascent over token ids maximising cos(encode_text(tokens), direction).
 
+    Starts from the first ``n_tokens`` candidates (pass them best first); each step tries every
+    candidate at one position and keeps the best only if it beats the current score, so the
+    result is deterministic (ties go to the earlier candidate) and never worse than the start.
     No language model ships offline, so the penalty uses a unigram proxy: BPE ids are
     assigned in merge order, roughly by frequency, so -log p(token) ~ log(1 + rank).
     """
     model = loaded.full_model
     if not hasattr(model, "encode_text"):
         raise ValueError(f"{loaded.spec} has no text tower to climb")
+    if not candidates:
+        raise ValueError("hill climbing needs at least one candidate token")
     from open_clip.tokenizer import SimpleTokenizer
 
     tok = SimpleTokenizer()
@@ -96,35 +112,74 @@ def hill_climb(
         out[:, n_tokens + 1] = eot
         return out.to(device)
 
-    seq = cands[:n_tokens].clone() if len(cands) >= n_tokens else cands.repeat(n_tokens)
-    seq = seq[:n_tokens]
-    best = -float("inf")
+    def scores(seqs: torch.Tensor) -> torch.Tensor:
+        emb = F.normalize(encode_tokens(model, rows(seqs)).float(), dim=-1)  # (B, D)
+        penalty = lm_penalty * torch.log1p(seqs.float()).sum(1).to(device)  # (B,)
+        return (emb @ d - penalty).cpu()  # (B,)
+
+    start = cands.repeat(n_tokens)[:n_tokens].clone()  # (n,)
+    seen: dict[tuple[int, ...], float] = {}
     with torch.inference_mode():
+        start_score = float(scores(start[None])[0])
+        seq, best = start.clone(), start_score
+        seen[tuple(seq.tolist())] = best
         for _ in range(sweeps):
             for pos in range(n_tokens):
                 trial = seq.repeat(len(cands), 1)  # (K, n)
                 trial[:, pos] = cands
-                emb = F.normalize(model.encode_text(rows(trial)).float(), dim=-1)  # (K, D)
-                penalty = lm_penalty * torch.log1p(trial.float()).sum(1).to(device)  # (K,)
-                score = emb @ d - penalty  # (K,)
+                score = scores(trial)  # (K,)
+                for row, s in zip(trial.tolist(), score.tolist(), strict=True):
+                    seen[tuple(row)] = s
                 j = int(score.argmax())
                 if float(score[j]) > best:
                     best = float(score[j])
-                    seq = trial[j].cpu().clone()
-    text = tok.decode(seq.tolist()).strip()
-    return ClimbResult(tokens=seq.tolist(), text=text, score=best)
+                    seq = trial[j].clone()
+    top: list[tuple[str, float]] = []
+    for toks, s in sorted(seen.items(), key=lambda kv: -kv[1]):
+        text = tok.decode(list(toks)).strip()
+        if text not in {t for t, _ in top}:
+            top.append((text, s))
+        if len(top) >= keep:
+            break
+    return ClimbResult(
+        tokens=seq.tolist(),
+        text=tok.decode(seq.tolist()).strip(),
+        score=best,
+        start=start.tolist(),
+        start_text=tok.decode(start.tolist()).strip(),
+        start_score=start_score,
+        top=top,
+    )
+
+
+def one_token_words(words: Sequence[str]) -> tuple[list[int], list[int]]:
+    """(positions in ``words``, CLIP BPE ids) of the words that are one token each, the first
+    word of each id only."""
+    from open_clip.tokenizer import SimpleTokenizer
+
+    tok = SimpleTokenizer()
+    rows: list[int] = []
+    ids: list[int] = []
+    seen: set[int] = set()
+    for i, w in enumerate(words):
+        enc = tok.encode(w)
+        if len(enc) == 1 and enc[0] not in seen:
+            seen.add(enc[0])
+            rows.append(i)
+            ids.append(enc[0])
+    return rows, ids
 
 
 def word_token_ids(words: Sequence[str], limit: int = 256) -> list[int]:
     """CLIP BPE ids of words that are one token each (candidates for :func:`hill_climb`)."""
-    from open_clip.tokenizer import SimpleTokenizer
+    return one_token_words(words)[1][:limit]
 
-    tok = SimpleTokenizer()
-    ids: list[int] = []
-    for w in words:
-        enc = tok.encode(w)
-        if len(enc) == 1 and enc[0] not in ids:
-            ids.append(enc[0])
-        if len(ids) >= limit:
-            break
-    return ids
+
+def climb_candidates(
+    direction: torch.Tensor, word_emb: torch.Tensor, word_ids: Sequence[int], k: int
+) -> list[int]:
+    """The ``k`` one-token words (ids) whose own embeddings (W, D) are closest to the direction
+    (D,), best first: the climb searches among them instead of all 49k tokens."""
+    cos = F.normalize(word_emb.float(), dim=-1) @ F.normalize(direction.float(), dim=-1)  # (W,)
+    idx = torch.argsort(cos, descending=True, stable=True)[:k].tolist()
+    return [word_ids[i] for i in idx]
