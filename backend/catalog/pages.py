@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from fastapi import APIRouter, Query, Request
@@ -10,6 +11,7 @@ from sqlalchemy.orm import Session
 
 from backend.catalog import service
 from backend.catalog.repository import CatalogRepository
+from backend.catalog.schemas import LayerOut
 from backend.catalog.views import VIEW_TITLES, examples_view, group_views, text_view
 from backend.deps import SessionDep, is_admin
 from backend.families.service import list_families, unit_families
@@ -39,13 +41,71 @@ def model_page(
 ) -> HTMLResponse:
     m = service.get_model(session, model)
     repo = CatalogRepository(session)
-    layers = [service.layer_out(m, x) for x in repo.list_layers(m.id, only_default=not all)]
+    rows = repo.list_layers(m.id, only_default=not all)
+    layers = [service.layer_out(m, x) for x in rows]
     totals = repo.unit_totals([m.id]).get(m.id, (0, 0))
+    previews = {
+        x.name: [
+            u
+            for u in service.list_units(session, m, x, offset=0, limit=PREVIEW_UNITS)
+            if u["thumbnail"]
+        ]
+        for x in rows
+    }
     return templates.TemplateResponse(
         request,
         "model.html",
-        {"model": service.model_out(m, totals), "layers": layers, "show_all": all},
+        {
+            "model": service.model_out(m, totals),
+            "layers": layers,
+            "show_all": all,
+            "diagram": layer_diagram(layers),
+            "previews": previews,
+        },
     )
+
+
+PREVIEW_UNITS = 8
+
+
+def _spatial(layer: LayerOut) -> int:
+    """The side of a layer's output grid: positions per unit (any layout), square-rooted."""
+    positions = math.prod(layer.output_shape) // max(layer.unit_count, 1)
+    return max(1, math.isqrt(max(positions, 1)))
+
+
+def layer_diagram(layers: list[LayerOut]) -> dict[str, Any]:
+    """Boxes for an SVG of the layer sequence: height grows with the spatial side, width
+    with the unit count (both on log scales), left to right in forward order."""
+    if not layers:
+        return {"boxes": [], "width": 0, "height": 0}
+    sides = [_spatial(x) for x in layers]
+    top_side = max(sides)
+    boxes, x, gap, tall = [], 56.0, 28.0, 120.0  # room on the left for the first label
+    for layer, side in zip(layers, sides, strict=True):
+        h = 12 + tall * math.log2(side + 1) / math.log2(top_side + 1)
+        w = 10 + 6 * math.log2(max(layer.unit_count, 1))
+        boxes.append(
+            {
+                "layer": layer,
+                "x": round(x, 1),
+                "y": round(8 + (tall + 12 - h) / 2, 1),
+                "w": round(w, 1),
+                "h": round(h, 1),
+                "cx": round(x + w / 2, 1),
+                "short": ".".join(layer.name.split(".")[-2:]),  # full name in the tooltip
+                "side": side,
+            }
+        )
+        x += w + gap
+    # Labels hang below the tallest box, rotated so long names fit between narrow boxes.
+    return {
+        "boxes": boxes,
+        "width": round(x - gap + 8, 1),
+        "height": 8 + tall + 12 + 60,
+        "mid": 8 + (tall + 12) / 2,
+        "label_y": 8 + tall + 12 + 14,
+    }
 
 
 @router.get("/models/{model}/{layer:path}/{unit:int}", response_class=HTMLResponse)

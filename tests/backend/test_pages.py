@@ -31,8 +31,15 @@ def test_model_layer_unit_navigation(client, session, settings) -> None:
     make_artifact(session, make_store(settings), m, layer, 5)
     session.commit()
     model_page = soup(client.get("/models/tiny", headers=HTML))
-    links = [a["href"] for a in model_page.select(".layer-diagram a")]
+    links = [a["href"] for a in model_page.select(".layer-step > a")]
     assert links == ["/models/tiny/blocks.1"]
+    # The architecture diagram: one box per layer, linked to it; a preview of its units.
+    boxes = model_page.select("figure.arch svg a")
+    assert [a["href"] for a in boxes] == ["/models/tiny/blocks.1"]
+    assert "130 units" in boxes[0].title.text
+    previews = model_page.select(".layer-preview a")
+    assert [a["href"] for a in previews] == ["/models/tiny/blocks.1/5"]
+    assert previews[0].img["alt"] == "blocks.1 unit 5"
 
     grid = soup(client.get("/models/tiny/blocks.1", headers=HTML))
     cells = grid.select(".unit-grid .unit-cell a")

@@ -77,7 +77,8 @@ def test_browse_to_a_unit_and_share_its_permalink(server, browser, catalog, shot
     assert steps == ["stem", "blocks.1"]
     shot(page, "model")
 
-    page.click("text=blocks.1")
+    # The architecture diagram's boxes are links: the second one opens blocks.1.
+    page.locator("figure.arch rect").nth(1).click()
     page.wait_for_url("**/models/tiny/blocks.1")
     assert page.locator(".unit-cell").count() == 40
     assert page.locator(".unit-cell img").count() == 3  # thumbnails where featvis exists
