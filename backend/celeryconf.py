@@ -18,6 +18,7 @@ TASK_FEATVIS = "microscope.featvis"
 TASK_FEATVIS_BULK = "microscope.featvis_bulk"
 TASK_TEXT_VIEWS = "microscope.text_views"
 TASK_RENDERED_WORDS = "microscope.rendered_words"
+TASK_TRAIN_FACET = "microscope.train_facet"
 # job kind -> task name, used to send unfinished jobs again after a crash.
 TASKS = {
     "register_model": TASK_REGISTER_MODEL,
@@ -28,6 +29,7 @@ TASKS = {
     "featvis_bulk": TASK_FEATVIS_BULK,
     "text_views": TASK_TEXT_VIEWS,
     "rendered_words": TASK_RENDERED_WORDS,
+    "train_facet": TASK_TRAIN_FACET,
 }
 
 

@@ -5,12 +5,14 @@ from __future__ import annotations
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from backend.catalog.facets import check_facet_below, facet_layer, facet_name, get_facet
 from backend.celeryconf import (
     TASK_FEATVIS,
     TASK_FEATVIS_BULK,
     TASK_MINE_EXAMPLES,
     TASK_RENDERED_WORDS,
     TASK_TEXT_VIEWS,
+    TASK_TRAIN_FACET,
 )
 from backend.config import get_settings
 from backend.db.models import Dataset, Job, Layer, Model
@@ -126,26 +128,79 @@ def queue_featvis_blocks(session: Session, model: Model, units_per_layer: int | 
 
 
 def request_featvis(
-    session: Session, model: Model, layer: Layer, unit: int, objective: str = "channel"
+    session: Session,
+    model: Model,
+    layer: Layer,
+    unit: int,
+    objective: str = "channel",
+    facet: str | None = None,
 ) -> Job:
-    """One unit's render, asked for from its page: sent on the interactive queue."""
+    """One unit's render, asked for from its page: sent on the interactive queue.
+
+    ``facet``: the name of a trained facet whose probe steers the render (published as the
+    ``facet-<name>`` variant); the probe's hash is in the job's params, so a retrained facet
+    renders again.
+    """
     if objective not in FEATVIS_OBJECTIVES:
         raise InvalidInput(f"objective must be one of {', '.join(FEATVIS_OBJECTIVES)}")
+    params = {
+        "model_id": model.id,
+        "layer_id": layer.id,
+        "units": [unit, unit + 1],
+        "objective": objective,
+        "steps": get_settings().featvis_steps,
+    }
+    if facet:
+        probe = get_facet(session, model, facet)
+        check_facet_below(session, model, probe, layer)
+        params |= {"facet": probe.variant, "facet_probe": probe.params_hash}
     return enqueue_job(
         session,
         kind="featvis",
         task_name=TASK_FEATVIS,
-        params={
-            "model_id": model.id,
-            "layer_id": layer.id,
-            "units": [unit, unit + 1],
-            "objective": objective,
-            "steps": get_settings().featvis_steps,
-        },
+        params=params,
         queue="interactive",
         priority=9,
         model_id=model.id,
         total=1,
+    )
+
+
+def request_facet(
+    session: Session,
+    model: Model,
+    name: str,
+    facet: Dataset,
+    generic: Dataset,
+    layer_name: str | None = None,
+) -> Job:
+    """Train a facet's probe (``facet`` images against ``generic`` ones) on a lower layer.
+
+    ``layer_name``: the layer the probe reads (default: the middle default layer).
+    """
+    if facet.id == generic.id:
+        raise InvalidInput("the facet and generic datasets must differ")
+    for ds in (facet, generic):
+        if ds.state == "failed":
+            raise InvalidInput(f"dataset {ds.slug} failed to import: {ds.error}")
+    layer = facet_layer(session, model, layer_name)
+    return enqueue_job(
+        session,
+        kind="train_facet",
+        task_name=TASK_TRAIN_FACET,
+        params={
+            "model_id": model.id,
+            "name": facet_name(name),
+            "dataset_id": facet.id,
+            "generic_id": generic.id,
+            "layer_id": layer.id,
+            "dataset_checksums": [facet.checksum, generic.checksum],
+        },
+        queue="gpu",
+        priority=8,
+        model_id=model.id,
+        dataset_id=facet.id,
+        total=3,
     )
 
 

@@ -11,5 +11,6 @@ app.conf.imports = (
     "workers.tasks.datasets",
     "workers.tasks.mining",
     "workers.tasks.featvis",
+    "workers.tasks.facets",
     "workers.tasks.text",
 )

@@ -8,12 +8,13 @@ from pydantic import BaseModel
 
 from backend import urls
 from backend.catalog import service
+from backend.catalog.facets import FacetCreate, FacetOut, list_facets
 from backend.datasets.service import get_dataset
 from backend.deps import ADMIN_COOKIE, AdminDep, SessionDep, require_admin, token_matches
 from backend.errors import NotFoundError, Unauthorized
 from backend.jobs.repository import JobRepository
 from backend.jobs.schemas import job_out
-from backend.precompute import request_examples, request_featvis
+from backend.precompute import request_examples, request_facet, request_featvis
 from backend.templating import templates
 
 router = APIRouter(include_in_schema=False)
@@ -39,11 +40,12 @@ def render_from_page(
     unit: int,
     session: SessionDep,
     objective: str = Form("channel"),
+    facet: str = Form(""),
 ) -> Response:
     m = service.get_model(session, model)
     lyr = service.get_layer(session, m, layer)
     service.get_unit(session, lyr, unit)
-    job = request_featvis(session, m, lyr, unit, objective)
+    job = request_featvis(session, m, lyr, unit, objective, facet or None)
     url = f"{urls.unit_url(m.slug, lyr.name, unit)}?view=featvis&job={job.id}"
     return RedirectResponse(url, status_code=303)
 
@@ -72,12 +74,13 @@ def render_unit(
     unit: int,
     session: SessionDep,
     objective: str = Query("channel", description="channel, neuron, negative or diversity"),
+    facet: str | None = Query(None, description="a trained facet's name: steer the render"),
 ) -> dict:
     """Render a unit's feature visualization now (ahead of bulk work); returns the job."""
     m = service.get_model(session, model)
     lyr = service.get_layer(session, m, layer)
     service.get_unit(session, lyr, unit)
-    return job_out(request_featvis(session, m, lyr, unit, objective)).model_dump()
+    return job_out(request_featvis(session, m, lyr, unit, objective, facet)).model_dump()
 
 
 class ExamplesRequest(BaseModel):
@@ -93,3 +96,18 @@ def mine_examples(model: str, body: ExamplesRequest, session: SessionDep) -> dic
     m = service.get_model(session, model)
     ds = get_dataset(session, body.dataset)
     return job_out(request_examples(session, m, ds, body.layers)).model_dump()
+
+
+@api.post("/models/{model}/facets", status_code=202, dependencies=[AdminDep])
+def train_facet(model: str, body: FacetCreate, session: SessionDep) -> dict:
+    """Train a facet: a linear probe telling a dataset's images from generic ones on a lower
+    layer (default: the middle default layer), stored and reused by renders (admin)."""
+    m = service.get_model(session, model)
+    facet, generic = get_dataset(session, body.dataset), get_dataset(session, body.generic)
+    return job_out(request_facet(session, m, body.name, facet, generic, body.layer)).model_dump()
+
+
+@api.get("/models/{model}/facets")
+def get_facets(model: str, session: SessionDep) -> list[FacetOut]:
+    """The model's trained facets: name, probe layer, training accuracy, probe file."""
+    return list_facets(session, service.get_model(session, model))

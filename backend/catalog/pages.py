@@ -10,6 +10,7 @@ from fastapi.responses import HTMLResponse
 from sqlalchemy.orm import Session
 
 from backend.catalog import service
+from backend.catalog.facets import list_facets
 from backend.catalog.repository import CatalogRepository
 from backend.catalog.schemas import LayerOut
 from backend.catalog.views import VIEW_TITLES, examples_view, group_views, text_view
@@ -166,6 +167,8 @@ def unit_context(
         "missing": missing,
         "job": job,
         "admin": admin,
+        # Trained facets the admin's render form offers (the query only runs for an admin).
+        "facets": [f.name for f in list_facets(session, v.model)] if admin else [],
         "card_url": f"{public}{card.url}" if card else None,
         "page_url": f"{public}{v.out.url}",
     }

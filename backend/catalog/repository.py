@@ -99,6 +99,17 @@ class CatalogRepository:
             .order_by(Artifact.kind, Artifact.variant)
         ).all()
 
+    def facet_probes(self, model_id: int, name: str | None = None) -> Sequence[Artifact]:
+        """The model's trained facet probes (one per name), by name."""
+        q = select(Artifact).where(
+            Artifact.model_id == model_id,
+            Artifact.kind == "facet_probe",
+            Artifact.layer_id.is_(None),
+        )
+        if name is not None:
+            q = q.where(Artifact.variant == name)
+        return self.session.scalars(q.order_by(Artifact.variant)).all()
+
     def layer_thumbnail_keys(
         self, layer_id: int, kind: str, variant: str, indices: Sequence[int]
     ) -> dict[int, str]:

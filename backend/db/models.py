@@ -33,6 +33,7 @@ ARTIFACT_KINDS = {
     "weights_svd": "SVD view of a layer pair's weights (JSON)",
     "neuron_card": "a shareable PNG card: feature vis, top examples, label",
     "search_index": "per-model unit text vectors and vocabulary embeddings (npz)",
+    "facet_probe": "per-model facet probe: a linear probe on a lower layer (safetensors)",
     "thumbnail": "a dataset image thumbnail (JPEG)",
 }
 

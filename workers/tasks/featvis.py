@@ -7,6 +7,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from backend.catalog.repository import CatalogRepository
 from backend.celeryconf import TASK_FEATVIS, TASK_FEATVIS_BULK
 from backend.config import get_settings
 from backend.db.models import Artifact, Job, Layer, Model
@@ -14,6 +15,7 @@ from backend.precompute import queue_featvis_blocks
 from backend.storage import make_store
 from workers.tasks.artifacts import publish
 from workers.tasks.cards import refresh_card
+from workers.tasks.facets import load_probe
 from workers.tasks.jobrun import Progress, Waiting, job_task
 from workers.tasks.mining import _device, cached_model
 
@@ -54,6 +56,16 @@ def render(session: Session, job: Job, progress: Progress) -> str:
         raise ValueError(f"no units {start}..{stop} in layer {layer.name}")
     objective = p.get("objective", "channel")
     opts = {k: p[k] for k in ("steps", "size", "seed") if k in p}
+    store = make_store(get_settings())
+    facet = p.get("facet")
+    probe = None
+    if facet:
+        found = CatalogRepository(session).facet_probes(model.id, facet)
+        if not found:
+            raise ValueError(f"model {model.slug} has no trained facet {facet!r}")
+        probe = load_probe(store, found[0])
+    # A facet render is its own variant beside the plain ones, named after the facet.
+    name = f"facet-{facet}" if facet else objective
     session.commit()
     device = _device()
     loaded = cached_model(model.spec, device)
@@ -67,16 +79,16 @@ def render(session: Session, job: Job, progress: Progress) -> str:
         units,
         preprocess=loaded.preprocess,
         objective=objective,
+        facet=probe,
         device=device,
-        progress=lambda d, t: progress(d, t, f"{layer.name}: {objective} for {len(units)} units"),
+        progress=lambda d, t: progress(d, t, f"{layer.name}: {name} for {len(units)} units"),
         **opts,
     )
-    store = make_store(get_settings())
     best = best_example_scores(session, layer, units)
     for r in results:
         ratio = r.act_max / best[r.unit] if best.get(r.unit, 0) > 0 else None
         for k, img in enumerate(r.images):
-            variant = objective if len(r.images) == 1 else f"{objective}-{k}"
+            variant = name if len(r.images) == 1 else f"{name}-{k}"
             publish(
                 session,
                 store,
@@ -96,11 +108,11 @@ def render(session: Session, job: Job, progress: Progress) -> str:
                     "ratio_to_best_example": ratio,
                 },
             )
-    if objective == "channel":
+    if objective == "channel" and probe is None:
         session.flush()
         for r in results:
             refresh_card(session, store, model, layer, r.unit)
-    return f"{len(results)} units of {layer.name} ({objective})"
+    return f"{len(results)} units of {layer.name} ({name})"
 
 
 def bulk(session: Session, job: Job, progress: Progress) -> str:
