@@ -33,3 +33,19 @@ def coffee() -> Image.Image:
     from skimage import data
 
     return Image.fromarray(data.coffee())
+
+
+@pytest.fixture
+def tiny_model_job(settings, monkeypatch):  # type: ignore[no-untyped-def]
+    """timm's test_efficientnet added to the catalog (not yet registered): (model id, the
+    registration job's id); featvis renders take 6 steps."""
+    from backend.catalog.service import add_model
+    from backend.config import get_settings
+    from backend.db.session import session_scope
+
+    monkeypatch.setenv("MICROSCOPE_FEATVIS_STEPS", "6")
+    get_settings.cache_clear()
+    with session_scope(settings.database_url) as s:
+        m, job = add_model(s, "timm:test_efficientnet")
+        s.info.clear()
+        return m.id, job.id

@@ -10,8 +10,6 @@ import pytest
 from PIL import Image
 from sqlalchemy import select
 
-from backend.catalog.service import add_model
-from backend.config import get_settings
 from backend.datasets.service import add_dataset
 from backend.db.models import Artifact, Dataset, Job, Layer, Model
 from backend.db.session import session_scope
@@ -45,14 +43,9 @@ def write_images(folder: Path, kind: str, n: int = 8, size: int = 48) -> None:
 
 
 @pytest.fixture
-def ready_model(settings, monkeypatch):  # type: ignore[no-untyped-def]
+def ready_model(tiny_model_job):  # type: ignore[no-untyped-def]
     """The tiny timm model, registered; renders take a few steps."""
-    monkeypatch.setenv("MICROSCOPE_FEATVIS_STEPS", "6")
-    get_settings.cache_clear()
-    with session_scope(settings.database_url) as s:
-        m, job = add_model(s, "timm:test_efficientnet")
-        s.info.clear()
-        mid, reg = m.id, job.id
+    mid, reg = tiny_model_job
     assert run_job(reg, register) == "succeeded"
     return mid
 

@@ -8,8 +8,6 @@ import pytest
 from PIL import Image
 from sqlalchemy import select
 
-from backend.catalog.service import add_model
-from backend.config import get_settings
 from backend.db.models import Artifact, Dataset, Job, Layer, Model
 from backend.db.session import session_scope
 from backend.precompute import queue_precompute, request_featvis
@@ -20,14 +18,8 @@ from workers.tasks.jobrun import Waiting, run_job
 
 
 @pytest.fixture
-def model_id(settings, monkeypatch):  # type: ignore[no-untyped-def]
-    monkeypatch.setenv("MICROSCOPE_FEATVIS_STEPS", "6")
-    get_settings.cache_clear()
-    with session_scope(settings.database_url) as s:
-        m, job = add_model(s, "timm:test_efficientnet")
-        s.info.clear()
-        ids = m.id, job.id
-    return ids
+def model_id(tiny_model_job):  # type: ignore[no-untyped-def]
+    return tiny_model_job
 
 
 def test_bulk_waits_for_registration_then_queues_blocks(settings, model_id, tmp_path) -> None:
