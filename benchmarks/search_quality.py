@@ -7,7 +7,7 @@ example vectors (the head's mean output over a unit's top examples, what the pro
 and readout attribution; `precision_ceiling` is the best any ranking could score on these
 images. Ends with one JSON line.
 
-    .venv/bin/python benchmarks/search_quality.py --queries 20
+    .venv/bin/python benchmarks/search_quality.py --queries 20 [--photos DIR]
 """
 
 from __future__ import annotations
@@ -43,12 +43,16 @@ def main() -> None:
     ap.add_argument("--attr-images", type=int, default=16, help="images for earlier layers")
     ap.add_argument("--rank", type=int, default=32)
     ap.add_argument("--last-layer-only", action="store_true")
+    ap.add_argument("--photos", default="", help="an image folder (default: the demo photos)")
     args = ap.parse_args()
     torch.set_num_threads(2)
 
-    root = DEMO if DEMO.is_dir() else Path(tempfile.mkdtemp())
-    if root != DEMO:
-        assemble_demo_dataset(root)
+    if args.photos:
+        root = Path(args.photos)
+    else:
+        root = DEMO if DEMO.is_dir() else Path(tempfile.mkdtemp())
+        if root != DEMO:
+            assemble_demo_dataset(root)
     files = list_images(root)
     loaded = load_model("default")
     cfg = loaded.preprocess
