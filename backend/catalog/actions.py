@@ -9,9 +9,10 @@ from pydantic import BaseModel
 from backend import urls
 from backend.catalog import service
 from backend.catalog.facets import FacetCreate, FacetOut, list_facets
+from backend.catalog.pages import model_context
 from backend.datasets.service import get_dataset
 from backend.deps import ADMIN_COOKIE, AdminDep, SessionDep, require_admin, token_matches
-from backend.errors import NotFoundError, Unauthorized
+from backend.errors import InvalidInput, MicroscopeError, NotFoundError, Unauthorized
 from backend.jobs.repository import JobRepository
 from backend.jobs.schemas import job_out
 from backend.precompute import request_examples, request_facet, request_featvis
@@ -48,6 +49,37 @@ def render_from_page(
     job = request_featvis(session, m, lyr, unit, objective, facet or None)
     url = f"{urls.unit_url(m.slug, lyr.name, unit)}?view=featvis&job={job.id}"
     return RedirectResponse(url, status_code=303)
+
+
+@router.post("/models/{model}/facets", dependencies=[Depends(require_admin)])
+def train_facet_from_page(
+    request: Request,
+    model: str,
+    session: SessionDep,
+    name: str = Form(""),
+    dataset: str = Form(""),
+    generic: str = Form(""),
+    layer: str = Form(""),
+) -> Response:
+    """The model page's facet form: queue the probe's training and follow it live."""
+    m = service.get_model(session, model)
+    try:
+        if not (dataset and generic):
+            raise InvalidInput("pick a facet dataset and a generic one")
+        job = request_facet(
+            session,
+            m,
+            name,
+            get_dataset(session, dataset),
+            get_dataset(session, generic),
+            layer or None,
+        )
+    except MicroscopeError as e:
+        session.rollback()
+        form = {"name": name, "dataset": dataset, "generic": generic, "layer": layer}
+        ctx = model_context(request, session, m, error=str(e), form=form)
+        return templates.TemplateResponse(request, "model.html", ctx, status_code=422)
+    return RedirectResponse(f"{urls.model_url(m.slug)}?job={job.id}#facets", status_code=303)
 
 
 @router.get("/partials/job/{job_id}", response_class=HTMLResponse)

@@ -14,6 +14,8 @@ from backend.catalog.facets import list_facets
 from backend.catalog.repository import CatalogRepository
 from backend.catalog.schemas import LayerOut
 from backend.catalog.views import VIEW_TITLES, examples_view, group_views, text_view
+from backend.datasets.service import list_datasets
+from backend.db.models import Model
 from backend.deps import SessionDep, is_admin
 from backend.families.service import list_families, unit_families
 from backend.jobs.repository import JobRepository
@@ -38,9 +40,27 @@ def home(request: Request, session: SessionDep) -> HTMLResponse:
 
 @router.get("/models/{model}", response_class=HTMLResponse)
 def model_page(
-    request: Request, model: str, session: SessionDep, all: bool = Query(False)
+    request: Request,
+    model: str,
+    session: SessionDep,
+    all: bool = Query(False),
+    job_id: int | None = Query(None, alias="job", description="a job to follow live"),
 ) -> HTMLResponse:
     m = service.get_model(session, model)
+    return templates.TemplateResponse(
+        request, "model.html", model_context(request, session, m, all, job_id)
+    )
+
+
+def model_context(
+    request: Request,
+    session: Session,
+    m: Model,
+    all: bool = False,
+    job_id: int | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
+    """What model.html shows (also re-rendered with an error by the admin's facet form)."""
     repo = CatalogRepository(session)
     rows = repo.list_layers(m.id, only_default=not all)
     layers = [service.layer_out(m, x) for x in rows]
@@ -53,17 +73,24 @@ def model_page(
         ]
         for x in rows
     }
-    return templates.TemplateResponse(
-        request,
-        "model.html",
-        {
-            "model": service.model_out(m, totals),
-            "layers": layers,
-            "show_all": all,
-            "diagram": layer_diagram(layers),
-            "previews": previews,
-        },
-    )
+    admin = is_admin(request)
+    found = JobRepository(session).get(job_id) if job_id is not None else None
+    return {
+        "model": service.model_out(m, totals),
+        "layers": layers,
+        "show_all": all,
+        "diagram": layer_diagram(layers),
+        "previews": previews,
+        "admin": admin,
+        # The facet panel: trained facets for everyone, the training form for an admin.
+        "facets": list_facets(session, m),
+        "datasets": list(list_datasets(session)) if admin else [],
+        "default_layers": [x.name for x in rows if x.is_default] if admin else [],
+        "job": job_out(found) if found is not None else None,
+        "error": None,
+        "form": {},
+        **extra,
+    }
 
 
 PREVIEW_UNITS = 8

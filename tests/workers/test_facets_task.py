@@ -190,3 +190,30 @@ def test_the_facet_api_checks_token_names_datasets_and_layers(
         "status": 404,
     }
     assert client.post(f"{render_url}?facet=nope").status_code == 401
+
+
+def test_the_model_page_trains_a_facet_and_lists_it(settings, ready_model, datasets, client):  # type: ignore[no-untyped-def]
+    html = {"Accept": "text/html"}
+    page = client.get(f"/models/{SLUG}", headers=html)
+    assert "No facets trained for this model yet." in page.text
+    assert 'class="facet-form"' not in page.text  # visitors get no form...
+    r = client.post(f"/models/{SLUG}/facets", data={"name": "x", "dataset": "stripes"})
+    assert r.status_code == 401  # ...and cannot post one
+
+    client.get(f"/admin/login?token={ADMIN_TOKEN}", follow_redirects=False)
+    form = {"name": "Red stripes", "dataset": "stripes", "generic": "stripes", "layer": ""}
+    bad = client.post(f"/models/{SLUG}/facets", data=form, headers=html)
+    assert bad.status_code == 422
+    assert "the facet and generic datasets must differ" in bad.text
+    assert 'value="Red stripes"' in bad.text  # what was typed is kept
+    form |= {"generic": "noise", "layer": "blocks.1"}
+    r = client.post(f"/models/{SLUG}/facets", data=form, follow_redirects=False)
+    assert r.status_code == 303
+    job_id = int(r.headers["location"].split("job=")[1].split("#")[0])
+    followed = client.get(r.headers["location"], headers=html)
+    assert 'class="job-live"' in followed.text and "train facet" in followed.text
+
+    assert run_job(job_id, train) == "succeeded"
+    client.cookies.clear()
+    listed = client.get(f"/models/{SLUG}", headers=html).text
+    assert "<td>red-stripes</td>" in listed and "<code>blocks.1</code>" in listed
