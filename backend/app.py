@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
-from sqlalchemy import create_engine, event
+from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.pool import StaticPool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -52,10 +53,10 @@ def _error(request: Request, status: int, code: str, detail: str) -> Response:
     )
 
 
-def _version_reader(url: str) -> Callable[[], int | None]:
-    """Reads the catalog version on a connection of its own.
+def _version_engine(url: str) -> Engine:
+    """An engine of one connection for reading the catalog version.
 
-    The page cache calls it in the event loop, so it must never wait on the shared pool: with
+    The page cache reads it in the event loop, so it must never wait on the shared pool: with
     every pooled connection held by handlers that need the loop to finish, that wait would
     deadlock the server (seen under load). One connection, used only by the loop's thread.
     """
@@ -64,7 +65,10 @@ def _version_reader(url: str) -> Callable[[], int | None]:
     engine = create_engine(url, poolclass=StaticPool, pool_pre_ping=True, connect_args=args)
     if sqlite:
         event.listen(engine, "connect", lambda c, _r: c.execute("PRAGMA query_only=ON"))
+    return engine
 
+
+def _version_reader(engine: Engine) -> Callable[[], int | None]:
     def read() -> int | None:
         try:
             with engine.connect() as conn:
@@ -78,7 +82,15 @@ def _version_reader(url: str) -> Callable[[], int | None]:
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the app for ``settings`` (the environment's by default)."""
     settings = settings or get_settings()
+    version_engine = _version_engine(settings.database_url)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        yield
+        version_engine.dispose()  # the page cache's own connection
+
     app = FastAPI(
+        lifespan=lifespan,
         title="Open Microscope",
         version="0.1.0",
         description=DESCRIPTION,
@@ -97,7 +109,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(ETagMiddleware)
     app.add_middleware(
         PageCache,
-        read_version=_version_reader(settings.database_url),
+        read_version=_version_reader(version_engine),
         max_bytes=settings.page_cache_mb * 1024 * 1024,
         check_seconds=settings.page_cache_check_seconds,
     )

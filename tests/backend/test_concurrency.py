@@ -34,11 +34,19 @@ def test_concurrent_uncached_requests_never_wait_on_the_pool_forever(server, ses
 
             async def fetch(url: str) -> int | str:
                 async with gate:
-                    try:
-                        r = await c.get(url, headers={"Accept": "text/html"})
-                    except httpx.TimeoutException:
-                        return f"stuck: {url}"
-                    return r.status_code
+                    for attempt in range(2):
+                        try:
+                            r = await c.get(url, headers={"Accept": "text/html"})
+                        except httpx.TimeoutException:
+                            return f"stuck: {url}"
+                        except httpx.TransportError as e:
+                            # A keep-alive connection closed under the client (seen about once
+                            # in five runs, with no server error): not the deadlock; once more.
+                            if attempt:
+                                return f"dropped twice: {url}: {e!r}"
+                            continue
+                        return r.status_code
+                    raise AssertionError("unreachable")
 
             return await asyncio.gather(*(fetch(u) for u in urls))
 

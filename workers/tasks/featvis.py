@@ -10,13 +10,13 @@ from sqlalchemy.orm import Session
 from backend.catalog.repository import CatalogRepository
 from backend.celeryconf import TASK_FEATVIS, TASK_FEATVIS_BULK
 from backend.config import get_settings
-from backend.db.models import Artifact, Job, Layer, Model
+from backend.db.models import Artifact, Job, Layer
 from backend.precompute import queue_featvis_blocks
 from backend.storage import make_store
 from workers.tasks.artifacts import publish
 from workers.tasks.cards import refresh_card
 from workers.tasks.facets import load_probe
-from workers.tasks.jobrun import Progress, Waiting, job_task
+from workers.tasks.jobrun import Progress, job_task, ready_model
 from workers.tasks.mining import _device, cached_model
 
 
@@ -44,12 +44,10 @@ def render(session: Session, job: Job, progress: Progress) -> str:
     from workers.ml.render import to_webp_bytes
 
     p: dict[str, Any] = job.params
-    model = session.get(Model, p["model_id"])
+    model = ready_model(session, p["model_id"])
     layer = session.get(Layer, p["layer_id"])
-    if model is None or layer is None:
-        raise ValueError("the model or layer of this job was deleted")
-    if model.state != "ready":
-        raise Waiting(f"waiting for model {model.slug} to register")
+    if layer is None:
+        raise ValueError("the layer of this job was deleted")
     start, stop = p["units"]
     units = list(range(start, min(stop, layer.unit_count)))
     if not units:
@@ -117,13 +115,7 @@ def render(session: Session, job: Job, progress: Progress) -> str:
 
 def bulk(session: Session, job: Job, progress: Progress) -> str:
     """Once the model is registered, queue one render job per block of default units."""
-    model = session.get(Model, job.params["model_id"])
-    if model is None:
-        raise ValueError("the model of this job was deleted")
-    if model.state == "failed":
-        raise ValueError(f"model {model.slug} failed to register: {model.error}")
-    if model.state != "ready":
-        raise Waiting(f"waiting for model {model.slug} to register")
+    model = ready_model(session, job.params["model_id"])
     jobs = queue_featvis_blocks(session, model, job.params.get("units_per_layer"))
     return f"queued {len(jobs)} render jobs"
 

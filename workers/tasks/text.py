@@ -18,7 +18,7 @@ from backend.config import get_settings
 from backend.db.models import Artifact, Family, FamilyMember, Job, Layer, Model, Unit
 from backend.storage import ObjectStore, make_store
 from workers.tasks.artifacts import publish, publish_ranked
-from workers.tasks.jobrun import Progress, Waiting, job_task
+from workers.tasks.jobrun import Progress, Waiting, job_task, ready_model
 from workers.tasks.mining import BATCH, _device, _loader_fn, cached_model, make_plan
 
 TOP_EXAMPLES = 8  # a unit's text vector: the head's mean output over its top examples
@@ -299,13 +299,7 @@ def rendered_words(session: Session, job: Job, progress: Progress) -> str:
     from workers.ml.text.textfv import dictionary_words
     from workers.ml.text.words import top_words, word_activations
 
-    model = session.get(Model, job.params["model_id"])
-    if model is None:
-        raise ValueError("the model of this job was deleted")
-    if model.state == "failed":
-        raise ValueError(f"model {model.slug} failed to register: {model.error}")
-    if model.state != "ready":
-        raise Waiting(f"waiting for model {model.slug} to register")
+    model = ready_model(session, job.params["model_id"])
     dataset_id = job.params.get("dataset_id")
     if dataset_id is not None and not _mining_done(session, model.id, dataset_id):
         # Not needed for the words, but a person waits for dataset examples first.
