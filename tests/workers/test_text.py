@@ -11,10 +11,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from backend.textsearch import TextIndex
 from workers.ml.hooks import Layout, get_module
 from workers.ml.models import LoadedModel, PreprocessConfig
 from workers.ml.text.families import compose, propose_families
 from workers.ml.text.heads import classifier_head
+from workers.ml.text.index import search_index_arrays, unit_text_vectors
 from workers.ml.text.labels import auto_labels
 from workers.ml.text.search import SearchIndex
 from workers.ml.text.textfv import build_vocabulary, dictionary_words, top_strings
@@ -162,6 +164,39 @@ def test_example_vectors_average_outputs_of_top_examples() -> None:
     tops = {"l": torch.tensor([[13, 10], [11, -1]])}
     v = example_vectors(ids, outputs, tops)["l"]
     assert torch.equal(v, torch.stack([(outputs[3] + outputs[0]) / 2, outputs[1]]))
+
+
+def test_units_read_as_the_class_their_examples_are_predicted(tiny) -> None:
+    """A classifier describes an image by its class probabilities, so a unit whose top
+    examples are confidently 'dog' reads as 'dog' through the web's search path, however
+    negative the other logits are (averaged centred logits let those dominate)."""
+    enc = fixed_encoder()
+    head = classifier_head(tiny, enc)
+    logits = torch.tensor(
+        [
+            [6.0, 0.0, 0.0, 0.0, 0.0],  # cat
+            [7.0, 1.0, 0.0, 0.0, -1.0],  # cat
+            [0.0, 12.0, -30.0, 4.0, 0.0],  # dog, far from car
+            [0.0, 11.0, -25.0, 0.0, 3.0],  # dog
+        ]
+    )
+    described = head.describe(logits)  # (N, C)
+    assert torch.allclose(described.sum(-1), torch.ones(4))
+    ids, tops = torch.arange(4), {"l": torch.tensor([[0, 1], [2, 3]])}
+    vocab = build_vocabulary(CLASSES, ["spoon", "river"])
+    index = TextIndex(
+        search_index_arrays(
+            list(unit_text_vectors(head, ids, described, tops).items()), vocab, enc(vocab)
+        )
+    )
+    for query, unit in (("cat", 0), ("dog", 1)):
+        hits, used = index.search(query, top=2)
+        assert used == [query] and hits[0].unit == unit
+    dog = index.search("dog", top=1)[0][0]
+    centred_dog = F.normalize(enc(["dog"])[0] - enc(CLASSES).mean(0), dim=0)
+    assert dog.score == pytest.approx(float(centred_dog @ enc(["dog"])[0]), abs=0.01)
+    centred = unit_text_vectors(head, ids, head.output(logits), tops)["l"][1]
+    assert dog.score > float(F.normalize(centred, dim=0) @ enc(["dog"])[0])
 
 
 def test_rendered_words_render_and_are_mined(tiny) -> None:

@@ -24,7 +24,7 @@ from workers.tasks.mining import BATCH, _device, _loader_fn, cached_model, make_
 TOP_EXAMPLES = 8  # a unit's text vector: the head's mean output over its top examples
 VOCAB_WORDS = 5000  # dictionary words in the vocabulary (plus class names and prompts)
 FAMILY_SIZE = 24
-TEXT_VERSION = 1
+TEXT_VERSION = 2  # 2: classifiers describe images by class probabilities
 # CLIP only: units per default layer whose strings are also hill-climbed over tokens (job
 # param climb_units; None = all, 0 = none), and the one-token words each climb searches.
 CLIMB_UNITS = 8
@@ -48,9 +48,10 @@ def text_views(session: Session, job: Job, progress: Progress) -> str:
     from workers.ml.mining import make_loader
     from workers.ml.text.families import propose_families
     from workers.ml.text.heads import NoTextHead, make_text_head
+    from workers.ml.text.index import search_index_arrays, unit_text_vectors
     from workers.ml.text.labels import auto_labels
     from workers.ml.text.textfv import build_vocabulary, dictionary_words, top_strings
-    from workers.ml.text.unit_vectors import example_vectors, head_outputs
+    from workers.ml.text.unit_vectors import head_outputs
 
     p: dict[str, Any] = job.params
     plan = make_plan(session, p["model_id"], p["dataset_id"])
@@ -90,29 +91,17 @@ def text_views(session: Session, job: Job, progress: Progress) -> str:
             rows.append(ids_u)
         top_ids[layer.module_path] = torch.tensor(rows, dtype=torch.int64)  # (U, k)
     progress(1, 6, "unit vectors")
-    space = example_vectors(ids, outputs, top_ids)  # path -> (U, S)
-    text = {path: head.to_text(v).float() for path, v in space.items()}  # path -> (U, D)
+    text = unit_text_vectors(head, ids, outputs, top_ids)  # path -> (U, D)
 
     progress(2, 6, "vocabulary")
     vocab = build_vocabulary(loaded.class_names or [], dictionary_words(limit=n_words))
     vocab_emb = torch.nn.functional.normalize(head.encode(vocab).float(), dim=-1)  # (V, D)
 
     # The search index the web process queries with numpy.
-    names = [x.name for x in layers]
-    unit_layer = np.concatenate([np.full(x.unit_count, i) for i, x in enumerate(layers)])
-    unit_index = np.concatenate([np.arange(x.unit_count) for x in layers])
-    vecs = torch.cat([text[x.module_path] for x in layers])  # (U_all, D)
-    vecs = torch.nn.functional.normalize(vecs, dim=-1)
+    arrays = search_index_arrays([(x.name, text[x.module_path]) for x in layers], vocab, vocab_emb)
+    vecs = torch.from_numpy(arrays["unit_vecs"])  # (U_all, D) normalised
     buf = io.BytesIO()
-    np.savez_compressed(
-        buf,
-        layer_names=np.array(names),
-        unit_layer=unit_layer.astype(np.int32),
-        unit_index=unit_index.astype(np.int32),
-        unit_vecs=vecs.numpy().astype(np.float32),
-        vocab=np.array(vocab),
-        vocab_vecs=vocab_emb.numpy().astype(np.float16),
-    )
+    np.savez_compressed(buf, **arrays)
     params = {
         "dataset_checksum": plan.ds.checksum,
         "model_checksum": model.weights_checksum,

@@ -125,14 +125,14 @@ def compute_unit_vectors(
 def head_outputs(
     loaded: LoadedModel, head: TextHead, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(ids (N,), outputs (N, S)): every image's position in the head's output space."""
+    """(ids (N,), outputs (N, S)): what the head says about every image (``head.describe``)."""
     model = loaded.image_model
     param = next(model.parameters())
     all_ids, outs = [], []
     with torch.inference_mode():
         for images, ids in batches:
             out = model(images.to(param.device, param.dtype))  # (B, S)
-            outs.append(head.output(out).float().cpu())
+            outs.append(head.describe(out).float().cpu())
             all_ids.append(ids.to(torch.int64))
     return torch.cat(all_ids), torch.cat(outs)
 
