@@ -19,6 +19,7 @@ TASK_FEATVIS_BULK = "microscope.featvis_bulk"
 TASK_TEXT_VIEWS = "microscope.text_views"
 TASK_RENDERED_WORDS = "microscope.rendered_words"
 TASK_TRAIN_FACET = "microscope.train_facet"
+TASK_WEIGHT_VIEWS = "microscope.weight_views"
 # job kind -> task name, used to send unfinished jobs again after a crash.
 TASKS = {
     "register_model": TASK_REGISTER_MODEL,
@@ -30,6 +31,7 @@ TASKS = {
     "text_views": TASK_TEXT_VIEWS,
     "rendered_words": TASK_RENDERED_WORDS,
     "train_facet": TASK_TRAIN_FACET,
+    "weight_views": TASK_WEIGHT_VIEWS,
 }
 
 

@@ -13,6 +13,7 @@ from backend.celeryconf import (
     TASK_RENDERED_WORDS,
     TASK_TEXT_VIEWS,
     TASK_TRAIN_FACET,
+    TASK_WEIGHT_VIEWS,
 )
 from backend.config import get_settings
 from backend.db.models import Dataset, Job, Layer, Model
@@ -32,7 +33,8 @@ def queue_precompute(
     words: int = 10000,
     climb_units: int | None = 8,
 ) -> list[Job]:
-    """Every precompute job: dataset examples, text views, rendered words, feature vis.
+    """Every precompute job: dataset examples, text views, rendered words, feature vis,
+    weight views.
 
     ``featvis_units``: how many units per default layer get a bulk render (None = all,
     0 = none); ``words``: how many dictionary words are rendered and mined (0 = none);
@@ -91,7 +93,42 @@ def queue_precompute(
                 model_id=model.id,
             )
         )
+    jobs.append(request_weight_views(session, model, priority=4))
     return jobs
+
+
+def request_weight_views(
+    session: Session, model: Model, layers: list[str] | None = None, *, priority: int = 6
+) -> Job:
+    """Weight views (NMF-RGB per unit, SVD placement per layer) for chosen layers (None: the
+    default layers and the stem). Needs no images; waits for the model to register."""
+    if layers is not None:
+        _check_layers(session, model, layers)
+    return enqueue_job(
+        session,
+        kind="weight_views",
+        task_name=TASK_WEIGHT_VIEWS,
+        params={
+            "model_id": model.id,
+            "layers": sorted(layers) if layers is not None else "default",
+        },
+        queue="cpu",
+        priority=priority,
+        model_id=model.id,
+    )
+
+
+def _check_layers(session: Session, model: Model, layers: list[str]) -> None:
+    """Refuse an empty list or unknown layer names before any work."""
+    if not layers:
+        raise InvalidInput("give at least one layer, or leave layers out for the defaults")
+    known = set(session.scalars(select(Layer.name).where(Layer.model_id == model.id)))
+    unknown = sorted(set(layers) - known)
+    if unknown:
+        raise InvalidInput(
+            f"model {model.slug!r} has no layers {unknown}; "
+            f"see /api/v1/models/{model.slug}/layers?all=true"
+        )
 
 
 def queue_featvis_blocks(session: Session, model: Model, units_per_layer: int | None) -> list[Job]:
@@ -213,15 +250,7 @@ def request_examples(
     if dataset.state == "failed":
         raise InvalidInput(f"dataset {dataset.slug!r} failed to import: {dataset.error}")
     if layers is not None:
-        if not layers:
-            raise InvalidInput("give at least one layer, or leave layers out for the defaults")
-        known = set(session.scalars(select(Layer.name).where(Layer.model_id == model.id)))
-        unknown = sorted(set(layers) - known)
-        if unknown:
-            raise InvalidInput(
-                f"model {model.slug!r} has no layers {unknown}; "
-                f"see /api/v1/models/{model.slug}/layers?all=true"
-            )
+        _check_layers(session, model, layers)
     return enqueue_job(
         session,
         kind="mine_examples",

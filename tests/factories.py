@@ -56,7 +56,7 @@ def make_artifact(
     store: ObjectStore,
     model: Model,
     layer: Layer,
-    unit: int,
+    unit: int | None,  # None: an artifact of the whole layer
     kind: str = "featvis",
     data: bytes = b"RIFF....WEBP",
     ext: str = "webp",

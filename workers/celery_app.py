@@ -13,4 +13,5 @@ app.conf.imports = (
     "workers.tasks.featvis",
     "workers.tasks.facets",
     "workers.tasks.text",
+    "workers.tasks.weights",
 )

@@ -15,7 +15,12 @@ from backend.deps import ADMIN_COOKIE, AdminDep, SessionDep, require_admin, toke
 from backend.errors import InvalidInput, MicroscopeError, NotFoundError, Unauthorized
 from backend.jobs.repository import JobRepository
 from backend.jobs.schemas import job_out
-from backend.precompute import request_examples, request_facet, request_featvis
+from backend.precompute import (
+    request_examples,
+    request_facet,
+    request_featvis,
+    request_weight_views,
+)
 from backend.templating import templates
 
 router = APIRouter(include_in_schema=False)
@@ -128,6 +133,19 @@ def mine_examples(model: str, body: ExamplesRequest, session: SessionDep) -> dic
     m = service.get_model(session, model)
     ds = get_dataset(session, body.dataset)
     return job_out(request_examples(session, m, ds, body.layers)).model_dump()
+
+
+class WeightsRequest(BaseModel):
+    layers: list[str] | None = None
+
+
+@api.post("/models/{model}/weights", status_code=202, dependencies=[AdminDep])
+def weight_views(model: str, session: SessionDep, body: WeightsRequest | None = None) -> dict:
+    """Compute weight views (NMF-RGB per unit, SVD placement per layer) for chosen layers
+    (default: the default layers and the stem), as a job (admin). No images are needed."""
+    m = service.get_model(session, model)
+    layers = body.layers if body is not None else None
+    return job_out(request_weight_views(session, m, layers)).model_dump()
 
 
 @api.post("/models/{model}/facets", status_code=202, dependencies=[AdminDep])

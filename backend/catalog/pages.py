@@ -13,7 +13,13 @@ from backend.catalog import service
 from backend.catalog.facets import list_facets
 from backend.catalog.repository import CatalogRepository
 from backend.catalog.schemas import LayerOut
-from backend.catalog.views import VIEW_TITLES, examples_view, group_views, text_view
+from backend.catalog.views import (
+    VIEW_TITLES,
+    examples_view,
+    group_views,
+    text_view,
+    weights_view,
+)
 from backend.datasets.service import list_datasets
 from backend.db.models import Model
 from backend.deps import SessionDep, is_admin
@@ -173,7 +179,9 @@ def unit_context(
     if job_id is not None:
         found = JobRepository(session).get(job_id)
         job = job_out(found) if found is not None else None
-    examples = text = None
+    examples = text = weights = None
+    if active == "weights":
+        weights = weights_view(request.app.state.store, views["weights"], unit, v.out.url)
     if active == "examples":
         examples = examples_view(session, request.app.state.store, views["examples"])
     if active == "text":
@@ -188,6 +196,7 @@ def unit_context(
         "active": active,
         "examples": examples,
         "text": text,
+        "weights": weights,
         "heatmap": request.query_params.get("heatmap") == "1",
         "families": unit_families(session, v.unit),
         "all_families": list_families(session) if admin else [],
@@ -208,7 +217,7 @@ def layer_page(
     layer: str,
     session: SessionDep,
     offset: int = Query(0, ge=0),
-    view: str = Query("auto", pattern="^(auto|featvis|examples|label)$"),
+    view: str = Query("auto", pattern="^(auto|featvis|examples|weights|label)$"),
 ) -> HTMLResponse:
     m = service.get_model(session, model)
     lyr = service.get_layer(session, m, layer)

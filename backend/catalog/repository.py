@@ -99,6 +99,18 @@ class CatalogRepository:
             .order_by(Artifact.kind, Artifact.variant)
         ).all()
 
+    def layer_artifacts(self, layer_id: int, kinds: Sequence[str]) -> Sequence[Artifact]:
+        """Artifacts of a whole layer (no unit), e.g. its weight views' SVD placement."""
+        return self.session.scalars(
+            select(Artifact)
+            .where(
+                Artifact.layer_id == layer_id,
+                Artifact.unit_index.is_(None),
+                Artifact.kind.in_(kinds),
+            )
+            .order_by(Artifact.kind, Artifact.variant)
+        ).all()
+
     def facet_probes(self, model_id: int, name: str | None = None) -> Sequence[Artifact]:
         """The model's trained facet probes (one per name), by name."""
         q = select(Artifact).where(

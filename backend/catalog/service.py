@@ -161,11 +161,18 @@ class UnitView:
     by_kind: dict[str, list[ArtifactOut]]
 
 
+# Layer-wide artifacts listed with each of the layer's units: the weight views' shared NMF
+# factors (what each colour reads) and SVD placement (every unit's coordinates).
+LAYER_KINDS_PER_UNIT = ("weights_nmf", "weights_svd")
+
+
 def unit_view(session: Session, model_slug: str, layer_name: str, index: int) -> UnitView:
     model = get_model(session, model_slug)
     layer = get_layer(session, model, layer_name)
     unit = get_unit(session, layer, index)
-    arts = list(CatalogRepository(session).unit_artifacts(layer.id, index))
+    repo = CatalogRepository(session)
+    arts = list(repo.unit_artifacts(layer.id, index))
+    arts += repo.layer_artifacts(layer.id, LAYER_KINDS_PER_UNIT)
     out = unit_out(model, layer, unit, arts)
     by_kind: dict[str, list[ArtifactOut]] = {}
     for a in out.artifacts:
@@ -177,6 +184,7 @@ GRID_VIEWS = {
     "auto": (("featvis", "channel"), ("example_crop", "thumb")),
     "featvis": (("featvis", "channel"),),
     "examples": (("example_crop", "thumb"),),
+    "weights": (("weights_nmf", "rgb"),),
     "label": (),
 }
 

@@ -74,6 +74,67 @@ def text_view(store: ObjectStore, arts: dict[str, list[ArtifactOut]]) -> dict[st
     return {"top": strings, "climbed": climbed, "words": words}
 
 
+def _json(store: ObjectStore, art: ArtifactOut | None) -> dict[str, Any] | None:
+    if art is None:
+        return None
+    try:
+        data = json.loads(store.get(_key(art.url)))
+    except (NotFound, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+SVD_BOX = 240  # the SVD scatter plot's side, in SVG units
+SVD_PAD = 10
+
+
+def svd_points(units: list[list[float]], unit: int, unit_url: str) -> dict[str, Any]:
+    """SVG circles for every unit's (first, second) singular-vector coordinates, scaled into
+    the plot; ``unit`` is the one highlighted, ``unit_url`` its page (the others are beside it)."""
+    xs, ys = [p[0] for p in units], [p[1] for p in units]
+    x0, x1, y0, y1 = min(xs), max(xs), min(ys), max(ys)
+    span = SVD_BOX - 2 * SVD_PAD
+    base = unit_url.rsplit("/", 1)[0]
+
+    def place(v: float, lo: float, hi: float) -> float:
+        return round(SVD_PAD + span * ((v - lo) / (hi - lo) if hi > lo else 0.5), 1)
+
+    points = [
+        # Up is a larger second coordinate, as in a plot.
+        {"i": i, "x": place(x, x0, x1), "y": SVD_BOX - place(y, y0, y1), "url": f"{base}/{i}"}
+        for i, (x, y) in enumerate(zip(xs, ys, strict=True))
+    ]
+    return {
+        "points": [p for p in points if p["i"] != unit],
+        "current": points[unit] if 0 <= unit < len(points) else None,
+        "box": SVD_BOX,
+        "coords": units[unit] if 0 <= unit < len(units) else None,
+    }
+
+
+def weights_view(
+    store: ObjectStore, arts: dict[str, list[ArtifactOut]], unit: int, unit_url: str
+) -> dict[str, Any] | None:
+    """The unit's NMF-RGB image, what its layer's three colours read, and the layer's SVD
+    placement with this unit highlighted."""
+    nmf = arts.get("weights_nmf") or []
+    image = next((a for a in nmf if a.variant == "rgb"), None)
+    factors = _json(store, next((a for a in nmf if a.variant == "factors"), None))
+    svd_art = next(iter(arts.get("weights_svd") or []), None)
+    svd = _json(store, svd_art)
+    if image is None and svd is None:
+        return None
+    placement = None
+    if svd and svd.get("units"):
+        placement = {
+            **svd_points(svd["units"], unit, unit_url),
+            "inputs": svd.get("inputs"),
+            "explained": (svd_art.meta or {}).get("explained") if svd_art else None,
+            "url": svd_art.url if svd_art else None,
+        }
+    return {"image": image, "factors": factors, "svd": placement}
+
+
 def histogram_bars(
     hist: dict[str, Any], width: int = 320, height: int = 80
 ) -> list[dict[str, float]]:

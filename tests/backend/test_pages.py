@@ -1,8 +1,10 @@
 from __future__ import annotations
 
+import io
 import json
 
 from bs4 import BeautifulSoup
+from PIL import Image
 
 from backend.storage import make_store
 from tests.factories import make_artifact, make_layer, make_model
@@ -127,3 +129,58 @@ def test_text_tab_shows_vocabulary_and_hill_climbed_strings(client, session, set
         assert [x.text for x in section.select("li .s")] == [t for t, _ in top]
     widths = [b["style"] for b in sections[1].select(".bar")]
     assert widths == ["width: 100%", "width: 2%"]  # the best bar is full, none runs over
+
+
+def test_weights_tab_shows_nmf_image_colours_and_svd_placement(client, session, settings) -> None:
+    m = make_model(session, "tiny")
+    layer = make_layer(session, m, "blocks.1", units=4)
+    store = make_store(settings)
+    buf = io.BytesIO()
+    Image.new("RGB", (96, 96), (255, 0, 0)).save(buf, "PNG")
+    png = make_artifact(
+        session, store, m, layer, 2, "weights_nmf", buf.getvalue(), "png", "image/png", "rgb"
+    )
+    png.meta = {"kernel": [3, 3]}
+    factors = {
+        "inputs": "input channels of blocks.1.0.conv_dw",
+        "error": 0.25,
+        "colours": {
+            "red": [{"channel": 7, "sign": "+", "share": 0.5}],
+            "green": [{"channel": 3, "sign": "-", "share": 0.4}],
+            "blue": [{"channel": 1, "sign": "+", "share": 0.3}, {"channel": 2, "sign": "-"}],
+        },
+    }
+    svd = {
+        "inputs": "input channels of blocks.1.0.conv_dw",
+        "units": [[0, 0], [1, 1], [2, 0], [1, 2]],
+    }
+    for variant, kind, data in [("factors", "weights_nmf", factors), ("", "weights_svd", svd)]:
+        blob = json.dumps(data).encode()
+        make_artifact(
+            session, store, m, layer, None, kind, blob, "json", "application/json", variant
+        )
+    session.commit()
+
+    page = soup(client.get("/models/tiny/blocks.1/2?view=weights", headers=HTML))
+    assert page.select_one(".tabs a[aria-selected=true]").text.strip() == "Weights"
+    img = page.select_one(".weights .nmf img")
+    assert img["src"] == f"/objects/{png.storage_key}" and "pixelated" in img["class"]
+    assert client.get(img["src"]).headers["content-type"] == "image/png"
+    assert "3×3 kernel" in page.select_one(".nmf figcaption").text
+    colours = [li.text.strip() for li in page.select(".nmf-colours li")]
+    assert colours == ["red reads +7", "green reads −3", "blue reads +1, −2"]
+    # Unit 2 sits at the largest first coordinate and the smallest second: right, bottom.
+    current = page.select_one(".svd circle.current")
+    assert (current["cx"], current["cy"]) == ("230.0", "230.0")
+    others = {a["href"]: (a.circle["cx"], a.circle["cy"]) for a in page.select(".svd svg a")}
+    assert others == {
+        "/models/tiny/blocks.1/0?view=weights": ("10.0", "230.0"),
+        "/models/tiny/blocks.1/1?view=weights": ("120.0", "120.0"),
+        "/models/tiny/blocks.1/3?view=weights": ("120.0", "10.0"),
+    }
+    # A unit without its own image still shows its layer's placement.
+    other = soup(client.get("/models/tiny/blocks.1/3?view=weights", headers=HTML))
+    assert other.select_one(".weights .nmf") is None
+    assert other.select_one(".svd circle.current")["cy"] == "10.0"
+    api = client.get("/api/v1/models/tiny/layers/blocks.1/units/3").json()
+    assert {a["kind"] for a in api["artifacts"]} == {"weights_nmf", "weights_svd"}

@@ -1,0 +1,185 @@
+"""Task: weight views of a model's layers — NMF-RGB per unit, SVD placement per layer."""
+
+from __future__ import annotations
+
+import io
+import json
+from typing import Any
+
+import numpy as np
+from sqlalchemy import delete, or_, select
+from sqlalchemy.orm import Session
+
+from backend.celeryconf import TASK_WEIGHT_VIEWS
+from backend.config import get_settings
+from backend.db.models import Artifact, Job, Layer, Model
+from backend.storage import ObjectStore, make_store
+from workers.tasks.artifacts import publish
+from workers.tasks.jobrun import Progress, job_task, ready_model
+from workers.tasks.mining import _device, cached_model
+
+WEIGHTS_VERSION = 1
+NMF_COMPONENTS = 3
+NMF_PNG_SIZE = 96  # pixels a side: each kernel position a square of whole pixels
+TOP_INPUTS = 6  # input channels listed per colour
+
+
+def weight_layers(session: Session, model: Model, names: list[str] | str) -> list[Layer]:
+    """The job's layers: ``"default"`` means the default layers and the stem (the classic
+    weight view: a kernel over RGB), else the named ones."""
+    q = select(Layer).where(Layer.model_id == model.id)
+    if names == "default":
+        q = q.where(or_(Layer.is_default.is_(True), Layer.kind == "stem"))
+    else:
+        q = q.where(Layer.name.in_(names))
+    return list(session.scalars(q.order_by(Layer.order)))
+
+
+def _top_inputs(component: np.ndarray, c_in: int, names: list[str] | None) -> list[dict[str, Any]]:
+    """A colour's strongest input channels (at least a fifth of the strongest one's weight):
+    index, name, sign of the weight, share of the colour."""
+    order = np.argsort(-component)[:TOP_INPUTS]
+    total = float(component.sum()) or 1.0
+    return [
+        {
+            "channel": int(i % c_in),
+            "name": names[i % c_in] if names else str(i % c_in),
+            "sign": "+" if i < c_in else "-",
+            "share": round(float(component[i]) / total, 4),
+        }
+        for i in order
+        if component[i] > 0 and component[i] >= 0.2 * component[order[0]]
+    ]
+
+
+def _publish_layer(
+    session: Session, store: ObjectStore, model: Model, layer: Layer, loaded: Any, order: Any
+) -> str:
+    """One layer's weight views; returns what was published (or raises NoWeights)."""
+    from workers.ml.weights import NoWeights, nmf_rgb, rgb_image, svd_placement, unit_weights
+
+    uw = unit_weights(loaded.image_model, layer.module_path, layer.unit_count, order)
+    c_out, c_in, kh, kw = uw.weight.shape
+    base = {"convs": uw.convs, "version": WEIGHTS_VERSION}
+    # One set of weight views per layer: a newer code version replaces the older one.
+    session.execute(
+        delete(Artifact).where(
+            Artifact.layer_id == layer.id, Artifact.kind.in_(("weights_nmf", "weights_svd"))
+        )
+    )
+    done = []
+    try:
+        svd = svd_placement(uw.weight)
+    except NoWeights as e:
+        done.append(f"no SVD: {e}")
+    else:
+        payload = {
+            "matrix": "sum over kernel positions of |W|, rows: units, columns: inputs",
+            "inputs": uw.inputs,
+            "units": np.round(svd.units, 6).tolist(),  # (C_out, 2)
+            "input_channels": np.round(svd.inputs, 6).tolist(),  # (C_in, 2)
+            "singular_values": np.round(svd.singular_values[:16], 6).tolist(),
+        }
+        sq = svd.singular_values**2
+        publish(
+            session,
+            store,
+            model=model,
+            layer=layer,
+            unit=None,
+            kind="weights_svd",
+            variant="",
+            params={**base, "method": "svd-abs-sum"},
+            data=json.dumps(payload).encode(),
+            ext="json",
+            content_type="application/json",
+            meta={
+                "units": c_out,
+                "inputs": uw.inputs,
+                "explained": [round(float(v), 4) for v in sq[:2] / sq.sum()],
+            },
+        )
+        done.append("SVD")
+    if kh * kw == 1:
+        done.append("no NMF-RGB: 1x1 kernels and no spatial convolution feeds them")
+        return "; ".join(done)
+    nmf = nmf_rgb(uw.weight, NMF_COMPONENTS)
+    params = {**base, "method": "nmf-rgb", "components": NMF_COMPONENTS, "size": NMF_PNG_SIZE}
+    colours = ["red", "green", "blue"]
+    factors = {
+        "inputs": uw.inputs,
+        "input_count": c_in,
+        "kernel": [kh, kw],
+        "error": round(nmf.error, 4),
+        "converged": nmf.converged,
+        "colours": {
+            colours[k]: _top_inputs(nmf.components[k], c_in, uw.channel_names)
+            for k in range(NMF_COMPONENTS)
+        },
+        "components": np.round(nmf.components, 5).tolist(),  # (3, 2*C_in): [+W | -W]
+    }
+    publish(
+        session,
+        store,
+        model=model,
+        layer=layer,
+        unit=None,
+        kind="weights_nmf",
+        variant="factors",
+        params=params,
+        data=json.dumps(factors).encode(),
+        ext="json",
+        content_type="application/json",
+        meta={"inputs": uw.inputs, "kernel": [kh, kw], "error": factors["error"]},
+    )
+    for u in range(c_out):
+        buf = io.BytesIO()
+        rgb_image(nmf.maps[u], NMF_PNG_SIZE).save(buf, "PNG")
+        strength = nmf.maps[u].reshape(-1, NMF_COMPONENTS).sum(axis=0)  # (3,)
+        publish(
+            session,
+            store,
+            model=model,
+            layer=layer,
+            unit=u,
+            kind="weights_nmf",
+            variant="rgb",
+            params=params,
+            data=buf.getvalue(),
+            ext="png",
+            content_type="image/png",
+            meta={
+                "kernel": [kh, kw],
+                "colour_share": [round(float(v), 4) for v in strength / (strength.sum() or 1)],
+            },
+        )
+    done.append(f"NMF-RGB of {c_out} units")
+    return "; ".join(done)
+
+
+def weight_views(session: Session, job: Job, progress: Progress) -> str:
+    """NMF-RGB images and SVD placements for the job's layers (no images needed)."""
+    from workers.ml.weights import NoWeights, conv_order
+
+    model = ready_model(session, job.params["model_id"])
+    layers = weight_layers(session, model, job.params.get("layers", "default"))
+    if not layers:
+        raise ValueError(f"model {model.slug} has none of the layers {job.params.get('layers')}")
+    store = make_store(get_settings())
+    session.commit()
+    loaded = cached_model(model.spec, _device())
+    order = conv_order(loaded.image_model, int(loaded.preprocess.input_size))
+    results = []
+    for i, layer in enumerate(layers):
+        progress(i, len(layers), f"{layer.name}: weight views")
+        try:
+            results.append(
+                f"{layer.name}: {_publish_layer(session, store, model, layer, loaded, order)}"
+            )
+        except NoWeights as e:
+            results.append(f"{layer.name}: skipped ({e})")
+        session.commit()  # layer by layer: a lost worker loses one layer
+    return " | ".join(results)
+
+
+weight_views_task = job_task(TASK_WEIGHT_VIEWS, weight_views)
