@@ -31,7 +31,7 @@ ARTIFACT_KINDS = {
     "rendered_words": "the unit's top rendered words (JSON)",
     "weights_nmf": "NMF-RGB view of the unit's weights (PNG); per layer, its factors (JSON)",
     "weights_svd": "per layer: its units placed by an SVD of their weights (JSON)",
-    "neuron_card": "a shareable PNG card: feature vis, top examples, label",
+    "neuron_card": "a shareable JPEG card: feature vis, top examples, label",
     "search_index": "per-model unit text vectors and vocabulary embeddings (npz)",
     "facet_probe": "per-model facet probe: a linear probe on a lower layer (safetensors)",
     "thumbnail": "a dataset image thumbnail (JPEG)",

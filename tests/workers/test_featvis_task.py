@@ -85,10 +85,10 @@ def test_channel_render_refreshes_the_neuron_card(settings, model_id, client) ->
     assert run_job(job_id, render) == "succeeded"
     with session_scope(url) as s:
         card = s.scalar(select(Artifact).where(Artifact.kind == "neuron_card"))
-        assert card is not None and card.unit_index == 2 and card.content_type == "image/png"
+        assert card is not None and card.unit_index == 2 and card.content_type == "image/jpeg"
         key = card.storage_key
-    png = Image.open(io.BytesIO(make_store(settings).get(key)))
-    assert png.format == "PNG" and png.size == (1200, 630)
+    img = Image.open(io.BytesIO(make_store(settings).get(key)))
+    assert img.format == "JPEG" and img.size == (1200, 630)
     page = client.get(
         "/models/test-efficientnet-random/blocks.1/2", headers={"Accept": "text/html"}
     ).text

@@ -1,4 +1,4 @@
-"""Neuron cards: the PNG a shared unit link previews with (feature vis, top examples, label)."""
+"""Neuron cards: the image a shared unit link previews with (feature vis, top examples, label)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,10 @@ BG = (20, 22, 26)
 FG = (236, 237, 240)
 MUTED = (150, 156, 166)
 FONT_DIRS = (Path("/usr/share/fonts/truetype/dejavu"), Path("/usr/share/fonts/dejavu"))
+# JPEG, not PNG: a card is mostly photographs and feature visualizations, which PNG compresses
+# badly and slowly; every unit gets one while its examples are mined (benchmarks/cards.py).
+CARD_FORMAT, CARD_EXT, CARD_TYPE = "JPEG", "jpg", "image/jpeg"
+JPEG_QUALITY = 88
 
 
 @lru_cache(maxsize=8)
@@ -49,7 +53,22 @@ def neuron_card(
     featvis: Image.Image | None,
     examples: list[Image.Image],
 ) -> bytes:
-    """A 1200 x 630 PNG: the feature visualization (or top example) left, examples right."""
+    """A 1200 x 630 JPEG: the feature visualization (or top example) left, examples right."""
+    buf = io.BytesIO()
+    draw_card(title, subtitle, label, featvis, examples).save(
+        buf, format=CARD_FORMAT, quality=JPEG_QUALITY
+    )
+    return buf.getvalue()
+
+
+def draw_card(
+    title: str,
+    subtitle: str,
+    label: str | None,
+    featvis: Image.Image | None,
+    examples: list[Image.Image],
+) -> Image.Image:
+    """The card as an image, before encoding."""
     card = Image.new("RGB", (WIDTH, HEIGHT), BG)
     draw = ImageDraw.Draw(card)
     hero = featvis or (examples[0] if examples else None)
@@ -68,6 +87,4 @@ def neuron_card(
         x = x0 + (i % 3) * (tile + gap)
         y = 240 + (i // 3) * (tile + gap)
         card.paste(ex.convert("RGB").resize((tile, tile), Image.Resampling.BICUBIC), (x, y))
-    buf = io.BytesIO()
-    card.save(buf, format="PNG", compress_level=1)  # fast; cards are rendered per unit
-    return buf.getvalue()
+    return card

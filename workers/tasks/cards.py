@@ -34,7 +34,7 @@ def refresh_card(
     examples: list[Image.Image] | None = None,
 ) -> None:
     """Render the unit's card from its current views and replace the previous card."""
-    from workers.ml.cards import neuron_card, sheet_tiles
+    from workers.ml.cards import CARD_EXT, CARD_TYPE, neuron_card, sheet_tiles
 
     arts = session.execute(
         select(Artifact.kind, Artifact.variant, Artifact.storage_key).where(
@@ -51,7 +51,7 @@ def refresh_card(
     if fv_key is None and not examples:
         return
     label = session.scalar(select(Unit.label).where(Unit.layer_id == layer.id, Unit.index == unit))
-    png = neuron_card(
+    card = neuron_card(
         f"Unit {unit}",
         f"{model.slug} · {layer.name}",
         label,
@@ -75,7 +75,7 @@ def refresh_card(
         variant="",
         # The card's key changes whenever what it shows changes, so caches never go stale.
         params={"featvis": fv_key, "examples": keys.get(("example_crop", "top")), "label": label},
-        data=png,
-        ext="png",
-        content_type="image/png",
+        data=card,
+        ext=CARD_EXT,
+        content_type=CARD_TYPE,
     )
