@@ -16,4 +16,4 @@ echo "==> pytest: SQLite + embedded broker"
 echo "==> pytest: PostgreSQL + Redis + Celery"
 MICROSCOPE_TEST_DATABASE_URL="${MICROSCOPE_TEST_DATABASE_URL:-postgresql+psycopg://postgres@127.0.0.1:5432/postgres}" \
 MICROSCOPE_TEST_BROKER_URL="${MICROSCOPE_TEST_BROKER_URL:-redis://127.0.0.1:6379/15}" \
-  .venv/bin/python -m pytest -q -m "db or celery" "$@"
+  .venv/bin/python -m pytest -q -m "(db or celery) and not once" "$@"

@@ -28,16 +28,29 @@ from workers.tasks.jobrun import Waiting, run_job
 from workers.tasks.mining import cached_model, mine, mine_shard
 from workers.tasks.text import rendered_words, text_views
 
-pytestmark = pytest.mark.slow  # builds RN50 three times and runs every text job on it
+pytestmark = pytest.mark.slow  # builds each model three times and runs every text job on it
 
-LAYERS = ("visual.conv1", "visual.conv3")  # RN50's stem: 32 + 64 units, quick to mine
 HTML = {"Accept": "text/html"}
+ARCHS = {
+    # RN50's stem: 32 + 64 units, quick to mine.
+    "RN50": ("visual.conv1", "visual.conv3"),
+    # ViT-B-32's image embedding (512 units, the head's own space) and its last MLP (3,072).
+    "ViT-B-32": ("visual.embedding", "visual.transformer.resblocks.11.mlp"),
+}
 
 
-def test_text_views_on_clip_from_a_local_checkpoint(settings, tmp_path, client) -> None:
+@pytest.mark.parametrize(
+    # ViT-B-32 checks the model's mechanics (a few minutes on a CPU); the database side is the
+    # same as RN50's, which PostgreSQL runs again.
+    "arch",
+    [pytest.param("RN50"), pytest.param("ViT-B-32", marks=pytest.mark.once)],
+)
+def test_text_views_on_clip_from_a_local_checkpoint(arch, settings, tmp_path, client) -> None:
     from safetensors.torch import save_file
 
-    net = load_model("open_clip:RN50").full_model
+    LAYERS = ARCHS[arch]  # noqa: N806 - the layers this run browses
+    family = "clip_vit" if arch.startswith("ViT") else "clip_resnet"
+    net = load_model(f"open_clip:{arch}").full_model
     with torch.no_grad():
         for p in net.parameters():
             p.add_(0.001)  # unlike the seeded init, so the checkpoint is really read
@@ -49,14 +62,15 @@ def test_text_views_on_clip_from_a_local_checkpoint(settings, tmp_path, client) 
     url = settings.database_url
     with session_scope(url) as s:
         ds, ds_job = add_dataset(s, str(photos(tmp_path, n=4)), "imgs")
-        m, m_job = add_model(s, f"open_clip:RN50@{path}")
+        m, m_job = add_model(s, f"open_clip:{arch}@{path}")
         s.info.clear()
         ds_id, mid, slug, ds_job_id, m_job_id = ds.id, m.id, m.slug, ds_job.id, m_job.id
     assert run_job(ds_job_id, import_folder) == "succeeded"
     assert run_job(m_job_id, register) == "succeeded"
     with session_scope(url) as s:
         m = s.get(Model, mid)
-        assert m.family == "clip_resnet" and m.pretrained and m.weights_checksum == checksum
+        assert m.family == family and m.pretrained and m.weights_checksum == checksum
+        assert set(LAYERS) <= set(s.scalars(select(Layer.name).where(Layer.model_id == mid)))
         s.execute(
             update(Layer).where(Layer.model_id == mid).values(is_default=Layer.name.in_(LAYERS))
         )
@@ -89,9 +103,10 @@ def test_text_views_on_clip_from_a_local_checkpoint(settings, tmp_path, client) 
         }
         index_key = next(a.storage_key for a in arts if a.kind == "search_index")
         units = s.scalars(select(Unit).where(Unit.layer_id.in_(names))).all()
-        assert sorted(names.values()) == sorted(LAYERS) and len(units) == 96
-        assert sum(a.kind == "rendered_words" for a in arts) == 96
-        assert sum(v == "" for *_, v in fv) == 96
+        n = sum(x.unit_count for x in layers)
+        assert sorted(names.values()) == sorted(LAYERS) and len(units) == n
+        assert sum(a.kind == "rendered_words" for a in arts) == n
+        assert sum(v == "" for *_, v in fv) == n
         assert sorted(k for k in fv if k[2] == "hill_climb") == [  # climb_units: 1
             (name, 0, "hill_climb") for name in sorted(LAYERS)
         ]
@@ -101,7 +116,7 @@ def test_text_views_on_clip_from_a_local_checkpoint(settings, tmp_path, client) 
     # The climb never ends below where it started (the unit's best one-token words), and its
     # scores are the objective: cosine with the unit's text vector less the token penalty.
     index = load_index(store, index_key)
-    loaded = cached_model(f"open_clip:RN50@{path}", "cpu")
+    loaded = cached_model(f"open_clip:{arch}@{path}", "cpu")
     head = make_text_head(loaded)
     for name in LAYERS:
         climbed = json.loads(store.get(fv[(name, 0, "hill_climb")]))
