@@ -14,7 +14,7 @@ from torch import nn
 from backend.textsearch import TextIndex
 from workers.ml.hooks import Layout, get_module
 from workers.ml.models import LoadedModel, PreprocessConfig
-from workers.ml.text.families import compose, propose_families
+from workers.ml.text.families import compose, distinct_strings, propose_families
 from workers.ml.text.heads import classifier_head
 from workers.ml.text.index import search_index_arrays, unit_text_vectors
 from workers.ml.text.labels import auto_labels
@@ -244,6 +244,17 @@ def test_auto_labels_agreement_and_confidence() -> None:
     assert labels[0] == ("dog", pytest.approx(1.0))
     assert 0.0 <= labels[1][1] < 0.5
     assert auto_labels(text, examples, enc) == labels
+
+
+def test_family_names_do_not_repeat_a_string_in_a_prompt() -> None:
+    vocab = ["ladybug", "a photo of a ladybug", "leaf beetle", "bug", "a drawing of a bee", "bee"]
+    ranked = [1, 0, 2, 3, 4, 5]  # the prompt is nearest, then its class name
+    assert [vocab[i] for i in distinct_strings(vocab, ranked, 3)] == [
+        "a photo of a ladybug",
+        "leaf beetle",
+        "bug",
+    ]
+    assert [vocab[i] for i in distinct_strings(vocab, [0, 1, 5, 4], 3)] == ["ladybug", "bee"]
 
 
 def test_families_recover_planted_clusters() -> None:

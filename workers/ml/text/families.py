@@ -25,6 +25,22 @@ def _normalised(x: torch.Tensor | np.ndarray) -> np.ndarray:
     return a / np.maximum(np.linalg.norm(a, axis=-1, keepdims=True), 1e-12)
 
 
+def distinct_strings(vocab: Sequence[str], ranked: Sequence[int], n: int) -> list[int]:
+    """The first ``n`` of ``ranked`` (indices into vocab) that repeat no earlier pick: a
+    string containing a picked one as whole words, or contained in one, is skipped (so
+    'ladybug' is not followed by 'a photo of a ladybug')."""
+    picked: list[int] = []
+    for j in ranked:
+        words = f" {vocab[j].lower()} "
+        if not any(
+            f" {vocab[i].lower()} " in words or words in f" {vocab[i].lower()} " for i in picked
+        ):
+            picked.append(int(j))
+            if len(picked) == n:
+                break
+    return picked
+
+
 def propose_families(
     vectors: torch.Tensor | np.ndarray,
     keys: Sequence[UnitKey],
@@ -64,7 +80,7 @@ def propose_families(
         if len(idx) == 0:
             continue
         centre = _normalised(centres[c])  # (D,)
-        near = np.argsort(-(v @ centre), kind="stable")[:n_words]  # (n_words,)
+        near = distinct_strings(vocab, np.argsort(-(v @ centre), kind="stable"), n_words)
         order = idx[np.argsort(-(x[idx] @ centre), kind="stable")]
         words = [vocab[j] for j in near]
         out.append(FamilyProposal(", ".join(words), words, [keys[i] for i in order]))
