@@ -82,12 +82,15 @@ def queue_precompute(
             )
         )
     if featvis_units != 0:
+        # On a CPU the renders (minutes a block) go after the quicker views, so search,
+        # labels and families come first; the bulk job waits for these jobs there.
+        after = [j.id for j in jobs if j.kind in ("text_views", "rendered_words")]
         jobs.append(
             enqueue_job(
                 session,
                 kind="featvis_bulk",
                 task_name=TASK_FEATVIS_BULK,
-                params={"model_id": model.id, "units_per_layer": featvis_units},
+                params={"model_id": model.id, "units_per_layer": featvis_units, "after": after},
                 queue="cpu",
                 priority=4,
                 model_id=model.id,

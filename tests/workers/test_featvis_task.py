@@ -32,9 +32,19 @@ def test_bulk_waits_for_registration_then_queues_blocks(settings, model_id, tmp_
         jobs = queue_precompute(s, s.get(Model, mid), ds, featvis_units=40)
         s.info.clear()
         bulk_id = next(j.id for j in jobs if j.kind == "featvis_bulk")
-    with pytest.raises(Waiting):
+        after = next(j.params["after"] for j in jobs if j.kind == "featvis_bulk")
+        assert sorted(s.get(Job, i).kind for i in after) == ["rendered_words", "text_views"]
+    with pytest.raises(Waiting, match="register"):
         run_job(bulk_id, bulk)
     assert run_job(reg_job, register) == "succeeded"
+    # On a CPU (as here) the renders wait for the quicker text views, done or failed.
+    for i, state in zip(after, ("succeeded", "running"), strict=True):
+        with session_scope(url) as s:
+            s.get(Job, i).state = state
+        with pytest.raises(Waiting, match="quicker views"):
+            run_job(bulk_id, bulk)
+    with session_scope(url) as s:
+        s.get(Job, after[1]).state = "failed"
     assert run_job(bulk_id, bulk) == "succeeded"
     with session_scope(url) as s:
         blocks = s.scalars(select(Job).where(Job.kind == "featvis")).all()

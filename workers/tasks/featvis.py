@@ -16,7 +16,7 @@ from backend.storage import make_store
 from workers.tasks.artifacts import publish
 from workers.tasks.cards import refresh_card
 from workers.tasks.facets import load_probe
-from workers.tasks.jobrun import Progress, job_task, ready_model
+from workers.tasks.jobrun import Progress, Waiting, job_task, ready_model
 from workers.tasks.mining import _device, cached_model
 
 
@@ -114,8 +114,18 @@ def render(session: Session, job: Job, progress: Progress) -> str:
 
 
 def bulk(session: Session, job: Job, progress: Progress) -> str:
-    """Once the model is registered, queue one render job per block of default units."""
+    """Once the model is registered, queue one render job per block of default units; on a
+    CPU, only once the jobs in ``after`` (the text views queued with it) have finished."""
     model = ready_model(session, job.params["model_id"])
+    after = job.params.get("after") or []
+    if after and _device() == "cpu":
+        pending = session.scalars(
+            select(Job.kind).where(
+                Job.id.in_(after), Job.state.not_in(("succeeded", "failed", "cancelled"))
+            )
+        ).all()
+        if pending:
+            raise Waiting(f"renders wait on a CPU for the quicker views: {', '.join(pending)}")
     jobs = queue_featvis_blocks(session, model, job.params.get("units_per_layer"))
     return f"queued {len(jobs)} render jobs"
 
