@@ -19,7 +19,7 @@ from workers.ml.receptive_field import (
     receptive_field,
     token_rf,
 )
-from workers.ml.render import VIRIDIS, crop_example, heatmap_overlay, to_webp_bytes
+from workers.ml.render import VIRIDIS, colorize, crop_example, heatmap_overlay, to_webp_bytes
 
 NCHW = Layout("nchw")
 
@@ -206,3 +206,12 @@ def test_webp_bytes_round_trip():
     assert data[8:12] == b"WEBP"
     back = Image.open(io.BytesIO(data))
     assert back.size == (40, 24)
+
+
+def test_colorize_is_the_viridis_lut_of_rounded_values():
+    rng = np.random.default_rng(0)
+    values = rng.random((40, 50)).astype(np.float32)  # (H, W) in [0, 1)
+    values[0, :3] = (0.0, 1.0, 0.5 / 255)
+    out = np.asarray(colorize(Image.fromarray(values)))  # (H, W, 3)
+    expected = VIRIDIS[np.floor(values * 255 + 0.5).astype(np.int64)]  # round half up
+    np.testing.assert_array_equal(out, expected)

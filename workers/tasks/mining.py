@@ -11,6 +11,7 @@ import io
 import json
 import os
 from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -37,6 +38,9 @@ SHARD_SIZE = 512  # images per shard
 BATCH = 32
 MINING_VERSION = 1
 MAX_SHARD_ATTEMPTS = 3
+# Units drawn at once on threads (benchmarks/mining_render.py); chunks bound the memory held.
+RENDER_THREADS = min(8, os.cpu_count() or 1)
+RENDER_CHUNK = 64
 
 
 def model_view(img: PILImage.Image, cfg: Any) -> PILImage.Image:
@@ -297,6 +301,119 @@ def _shards_ready(session: Session, plan: Plan, progress: Progress) -> bool:
     return False
 
 
+@dataclass
+class DrawnGroup:
+    """One group's (top or negative) sheets of a unit, encoded."""
+
+    crops: bytes
+    heatmaps: bytes
+    image_ids: list[int]
+    thumb: bytes | None  # top group only
+    card_tiles: list[PILImage.Image]  # top group only: the card's examples
+
+
+def render_unit(
+    info: dict[str, Any],
+    path: str,
+    unit: int,
+    views: dict[int, PILImage.Image],
+    unit_maps: dict[tuple[str, int, int], torch.Tensor],
+    rf: Any,
+    size: int,
+) -> dict[str, DrawnGroup]:
+    """A unit's example sheets (receptive-field crops and heatmaps), per group; adds each
+    example's box and the input size to ``info``. No database or store: safe to run on
+    several threads."""
+    from workers.ml.render import crop_example, heatmap_overlay
+
+    info["input_size"] = size
+    out = {}
+    for group in ("top", "negative"):
+        examples = info[group] or []
+        for ex in examples:
+            ex["box"] = list(rf.box(ex["y"], ex["x"], size))
+        shown = [e for e in examples[:SHOWN] if (path, unit, e["image_id"]) in unit_maps]
+        if not shown:
+            continue
+        crops, heats = [], []
+        for e in shown:
+            view = views[e["image_id"]]
+            box = tuple(e["box"])
+            crops.append(crop_example(view, box))
+            umap = unit_maps[(path, unit, e["image_id"])]
+            # Negative examples: highlight where the unit is most negative.
+            heat = heatmap_overlay(view, umap if group == "top" else -umap, box)
+            heats.append(crop_example(heat, box))
+        top = group == "top"
+        out[group] = DrawnGroup(
+            crops=jpeg(sheet(crops)),
+            heatmaps=jpeg(sheet(heats)),
+            image_ids=[e["image_id"] for e in shown],
+            thumb=jpeg(fit(crops[0], 96)) if top else None,
+            card_tiles=crops[:6] if top else [],
+        )
+    return out
+
+
+def _publish_unit(
+    session: Session,
+    store: ObjectStore,
+    model: Model,
+    layer: Layer,
+    u: int,
+    params: dict[str, Any],
+    info: dict[str, Any],
+    drawn: dict[str, DrawnGroup],
+) -> None:
+    """A unit's sheets, thumbnail, card and examples index."""
+    for group, d in drawn.items():
+        for kind, data in (("example_crop", d.crops), ("example_heatmap", d.heatmaps)):
+            publish(
+                session,
+                store,
+                model=model,
+                layer=layer,
+                unit=u,
+                kind=kind,
+                variant=group,
+                params=params,
+                data=data,
+                ext="jpg",
+                content_type="image/jpeg",
+                meta={"cols": 4, "cell": CELL, "image_ids": d.image_ids},
+            )
+        if d.thumb is not None:
+            publish(
+                session,
+                store,
+                model=model,
+                layer=layer,
+                unit=u,
+                kind="example_crop",
+                variant="thumb",
+                params=params,
+                data=d.thumb,
+                ext="jpg",
+                content_type="image/jpeg",
+                meta={"image_id": d.image_ids[0]},
+            )
+            refresh_card(session, store, model, layer, u, examples=d.card_tiles)
+    publish(
+        session,
+        store,
+        model=model,
+        layer=layer,
+        unit=u,
+        kind="dataset_examples",
+        variant="",
+        params=params,
+        data=json.dumps(info).encode(),
+        ext="json",
+        content_type="application/json",
+        meta={"stats": info["stats"]},
+    )
+
+
 def mine(session: Session, job: Job, progress: Progress) -> str:
     """Dataset examples for every unit of the model's default layers, published whole.
 
@@ -357,88 +474,29 @@ def mine(session: Session, job: Job, progress: Progress) -> str:
                     if p == path:
                         unit_maps[(path, u, i)] = maps[row, u].clone()  # (H, W)
 
-    # 3. Render and publish, one unit at a time.
+    # 3. Render (threads: Pillow and numpy release the GIL) and publish (this thread, in
+    # unit order, the database session is not shared).
     from workers.ml.receptive_field import receptive_field
-    from workers.ml.render import crop_example, heatmap_overlay
 
     s = cfg.input_size
     published = 0
-    for layer in layers:
-        res = results[layer.module_path]
-        rf = receptive_field(net, layer.module_path, layouts[layer.module_path], s)
-        for u in range(layer.unit_count):
-            info = res.unit(u)
-            for group in ("top", "negative"):
-                examples = info[group] or []
-                for ex in examples:
-                    ex["box"] = list(rf.box(ex["y"], ex["x"], s))
-                shown = [
-                    e
-                    for e in examples[:SHOWN]
-                    if (layer.module_path, u, e["image_id"]) in unit_maps
-                ]
-                if not shown:
-                    continue
-                crops, heats = [], []
-                for e in shown:
-                    view = views[e["image_id"]]
-                    box = tuple(e["box"])
-                    crops.append(crop_example(view, box))
-                    umap = unit_maps[(layer.module_path, u, e["image_id"])]
-                    # Negative examples: highlight where the unit is most negative.
-                    heat = heatmap_overlay(view, umap if group == "top" else -umap, box)
-                    heats.append(crop_example(heat, box))
-                for kind, tiles in (("example_crop", crops), ("example_heatmap", heats)):
-                    publish(
-                        session,
-                        store,
-                        model=model,
-                        layer=layer,
-                        unit=u,
-                        kind=kind,
-                        variant=group,
-                        params=params,
-                        data=jpeg(sheet(tiles)),
-                        ext="jpg",
-                        content_type="image/jpeg",
-                        meta={"cols": 4, "cell": CELL, "image_ids": [e["image_id"] for e in shown]},
-                    )
-                if group == "top":
-                    publish(
-                        session,
-                        store,
-                        model=model,
-                        layer=layer,
-                        unit=u,
-                        kind="example_crop",
-                        variant="thumb",
-                        params=params,
-                        data=jpeg(fit(crops[0], 96)),
-                        ext="jpg",
-                        content_type="image/jpeg",
-                        meta={"image_id": shown[0]["image_id"]},
-                    )
-                if group == "top":
-                    refresh_card(session, store, model, layer, u, examples=crops[:6])
-            info["input_size"] = s
-            publish(
-                session,
-                store,
-                model=model,
-                layer=layer,
-                unit=u,
-                kind="dataset_examples",
-                variant="",
-                params=params,
-                data=json.dumps(info).encode(),
-                ext="json",
-                content_type="application/json",
-                meta={"stats": info["stats"]},
-            )
-            published += 1
-            if published % 16 == 0:
-                session.commit()
-                progress(n + published, work, f"rendered {published}/{total_units} units")
+    with ThreadPoolExecutor(max_workers=RENDER_THREADS) as pool:
+        for layer in layers:
+            res = results[layer.module_path]
+            rf = receptive_field(net, layer.module_path, layouts[layer.module_path], s)
+
+            def draw(u: int, res: Any = res, rf: Any = rf, path: str = layer.module_path) -> Any:
+                info = res.unit(u)
+                return info, render_unit(info, path, u, views, unit_maps, rf, s)
+
+            for first in range(0, layer.unit_count, RENDER_CHUNK):
+                units = range(first, min(first + RENDER_CHUNK, layer.unit_count))
+                for u, (info, drawn) in zip(units, pool.map(draw, units), strict=True):
+                    _publish_unit(session, store, model, layer, u, params, info, drawn)
+                    published += 1
+                    if published % 16 == 0:
+                        session.commit()
+                        progress(n + published, work, f"rendered {published}/{total_units} units")
     return f"{n} images, {published} units across {len(layers)} layers"
 
 
