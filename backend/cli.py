@@ -376,10 +376,12 @@ def models_add(spec: str, slug: Annotated[str | None, typer.Option()] = None) ->
     _migrate(s)
     from backend.catalog.service import add_model
     from backend.errors import MicroscopeError
+    from backend.precompute import request_weight_views
 
     try:
         with _session(s) as session:
             m, job = add_model(session, spec, slug)
+            request_weight_views(session, m)  # needs no images: follows the registration
     except MicroscopeError as e:
         err.print(f"[red]error:[/] {e}")
         raise typer.Exit(2) from e

@@ -23,6 +23,7 @@ def test_models_add_queues_registration_and_rejects_bad_specs(settings) -> None:
     assert bad.exit_code == 2
     jobs = runner.invoke(app, ["jobs"])
     assert jobs.exit_code == 0 and "register_model" in jobs.output
+    assert "weight_views" in jobs.output  # needs no images: queued with the registration
 
 
 def test_datasets_add_rejects_a_missing_folder(settings, tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ from backend.catalog.repository import CatalogRepository
 from backend.catalog.schemas import LayerOut, ModelCreate, ModelOut, Page, UnitOut
 from backend.deps import AdminDep, SessionDep
 from backend.jobs.schemas import job_out
+from backend.precompute import request_weight_views
 
 router = APIRouter(prefix=urls.API, tags=["models"])
 
@@ -28,8 +29,10 @@ def list_models(session: SessionDep) -> list[ModelOut]:
     dependencies=[AdminDep],
 )
 def add_model(body: ModelCreate, session: SessionDep) -> dict[str, Any]:
-    """Register a model from a spec; the registration runs as a job."""
+    """Register a model from a spec; the registration runs as a job, and its weight views
+    (they need no images) are queued to follow it."""
     model, job = service.add_model(session, body.spec, body.slug)
+    request_weight_views(session, model)
     session.flush()
     return {"model": service.model_out(model).model_dump(), "job": job_out(job).model_dump()}
 

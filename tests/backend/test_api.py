@@ -42,6 +42,9 @@ def test_writes_need_the_admin_token(client, admin) -> None:
     # the same request is idempotent: same job
     again = client.post("/api/v1/models", json={"spec": "timm:resnet18"}, headers=admin).json()
     assert again["job"]["id"] == body["job"]["id"]
+    # Weight views need no images: they are queued with the registration, once.
+    jobs = client.get("/api/v1/jobs").json()["items"]
+    assert sorted(j["kind"] for j in jobs) == ["register_model", "weight_views"]
 
 
 def test_malformed_requests_are_422(client, admin) -> None:
