@@ -56,6 +56,19 @@ def render_from_page(
     return RedirectResponse(url, status_code=303)
 
 
+@router.post(
+    "/models/{model}/{layer:path}/{unit:int}/weights", dependencies=[Depends(require_admin)]
+)
+def weights_from_page(model: str, layer: str, unit: int, session: SessionDep) -> Response:
+    """The unit page's button: weight views for the unit's layer, followed live."""
+    m = service.get_model(session, model)
+    lyr = service.get_layer(session, m, layer)
+    service.get_unit(session, lyr, unit)
+    job = request_weight_views(session, m, [lyr.name])
+    url = f"{urls.unit_url(m.slug, lyr.name, unit)}?view=weights&job={job.id}"
+    return RedirectResponse(url, status_code=303)
+
+
 @router.post("/models/{model}/facets", dependencies=[Depends(require_admin)])
 def train_facet_from_page(
     request: Request,

@@ -156,6 +156,9 @@ def unit_page(
     return templates.TemplateResponse(request, "unit.html", ctx)
 
 
+NO_WEIGHT_VIEWS = ("linear", "head", "mlp")  # layer kinds with no convolution kernels
+
+
 def unit_context(
     request: Request,
     session: Session,
@@ -171,7 +174,10 @@ def unit_context(
     card = next(iter(v.by_kind.pop("neuron_card", [])), None)
     public = request.app.state.settings.public_url.rstrip("/")
     views = group_views(v.by_kind)
-    missing = [x for x in ("featvis", "examples") if x not in views]
+    computable = ("featvis", "examples") + (
+        ("weights",) if v.layer.kind not in NO_WEIGHT_VIEWS else ()
+    )
+    missing = [x for x in computable if x not in views]
     for x in missing:  # a tab for each missing view, with a way to compute it
         views[x] = {}
     active = view if view in views else next((x for x in views if views[x]), "featvis")

@@ -184,3 +184,35 @@ def test_weights_tab_shows_nmf_image_colours_and_svd_placement(client, session, 
     assert other.select_one(".svd circle.current")["cy"] == "10.0"
     api = client.get("/api/v1/models/tiny/layers/blocks.1/units/3").json()
     assert {a["kind"] for a in api["artifacts"]} == {"weights_nmf", "weights_svd"}
+
+
+def test_missing_weight_views_can_be_computed_from_the_unit_page(client, session) -> None:
+    from sqlalchemy import select
+
+    from backend.db.models import Job
+    from tests.conftest import ADMIN_TOKEN
+
+    m = make_model(session, "tiny")
+    make_layer(session, m, "blocks.1", units=8)
+    head = make_layer(session, m, "classifier", units=8, order=1)
+    head.kind = "linear"  # no convolution kernels: no weights tab at all
+    session.commit()
+    page = soup(client.get("/models/tiny/blocks.1/3?view=weights", headers=HTML))
+    tab = page.select_one("a[role=tab][href='?view=weights']")
+    assert tab is not None and tab["data-missing"] == "1" and tab.get("aria-selected") == "true"
+    assert "No weight views for blocks.1 yet" in page.text
+    assert page.select_one("form[action$='/weights']") is None  # visitors get no button
+    linear = soup(client.get("/models/tiny/classifier/3", headers=HTML))
+    assert linear.select_one("a[role=tab][href='?view=weights']") is None
+
+    r = client.post("/models/tiny/blocks.1/3/weights", follow_redirects=False)
+    assert r.status_code in (401, 403)
+    client.get(f"/admin/login?token={ADMIN_TOKEN}", follow_redirects=False)
+    form = soup(client.get("/models/tiny/blocks.1/3?view=weights", headers=HTML))
+    assert form.select_one("form[action='/models/tiny/blocks.1/3/weights'] button")
+    r = client.post("/models/tiny/blocks.1/3/weights", follow_redirects=False)
+    assert r.status_code == 303
+    job = session.scalars(select(Job).where(Job.kind == "weight_views")).one()
+    assert job.params["layers"] == ["blocks.1"]
+    assert r.headers["location"] == f"/models/tiny/blocks.1/3?view=weights&job={job.id}"
+    assert client.post("/models/tiny/blocks.1/99/weights").status_code == 404
