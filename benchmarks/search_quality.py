@@ -106,19 +106,21 @@ def main() -> None:
     def make_index(text: dict[str, torch.Tensor]) -> TextIndex:
         return TextIndex(search_index_arrays(list(text.items()), vocab, vocab_emb))
 
-    def share_rule(rule: str) -> Callable[[torch.Tensor, int], bool]:
-        def hit(ex: torch.Tensor, c: int) -> bool:
-            counts = Counter(preds[ex[ex >= 0]].tolist())
-            if not counts:
-                return False
-            if rule == "majority":
-                return counts[c] * 2 >= sum(counts.values())
-            best = max(counts.values())  # plurality: c alone has the most examples
-            return counts[c] == best and sum(n == best for n in counts.values()) == 1
+    def plurality(ex: torch.Tensor, c: int) -> bool:
+        """More of the unit's top examples go to class c than to any other class."""
+        counts = Counter(preds[ex[ex >= 0]].tolist())
+        best = max(counts.values(), default=0)
+        return counts[c] == best > 0 and sum(n == best for n in counts.values()) == 1
 
-        return hit
+    def majority(ex: torch.Tensor, c: int) -> bool:
+        """At least half of the unit's top examples go to class c."""
+        counts = Counter(preds[ex[ex >= 0]].tolist())
+        return bool(counts) and counts[c] * 2 >= sum(counts.values())
 
-    rules = {"": share_rule("plurality"), "_majority": share_rule("majority")}
+    rules: dict[str, Callable[[torch.Tensor, int], bool]] = {
+        "": plurality,
+        "_majority": majority,
+    }
 
     def evaluate(index: TextIndex) -> dict[str, object]:
         hits: dict[str, list[bool]] = {r: [] for r in rules}
@@ -144,21 +146,12 @@ def main() -> None:
     before = evaluate(make_index(unit_text_vectors(head, ids, centred, top_ids)))
     attr = evaluate(make_index({p: head.to_text(v).float() for p, v in vectors.items()}))
 
-    # The best any ranking can do: units whose top examples meet the bar, at most 10 a query.
-    ceilings = {
-        r: round(
-            float(
-                np.mean(
-                    [
-                        min(sum(rule(t, c) for p in layers for t in top_ids[p]), 10) / 10
-                        for c in classes
-                    ]
-                )
-            ),
-            3,
-        )
-        for r, rule in rules.items()
-    }
+    def ceiling(rule: Callable[[torch.Tensor, int], bool]) -> float:
+        """The best any ranking can do: units meeting the rule, at most 10 a query."""
+        met = [sum(rule(t, c) for p in layers for t in top_ids[p]) for c in classes]
+        return round(float(np.mean([min(n, 10) / 10 for n in met])), 3)
+
+    ceilings = {r: ceiling(rule) for r, rule in rules.items()}
     # Query time at the issue's scale: 20k units of the same dimension.
     rng = np.random.default_rng(0)
     noise = rng.standard_normal((20_000, vocab_emb.shape[1])).astype(np.float32)  # (20k, D)

@@ -48,9 +48,7 @@ def render_from_page(
     objective: str = Form("channel"),
     facet: str = Form(""),
 ) -> Response:
-    m = service.get_model(session, model)
-    lyr = service.get_layer(session, m, layer)
-    service.get_unit(session, lyr, unit)
+    m, lyr, _ = service.resolve_unit(session, model, layer, unit)
     job = request_featvis(session, m, lyr, unit, objective, facet or None)
     url = f"{urls.unit_url(m.slug, lyr.name, unit)}?view=featvis&job={job.id}"
     return RedirectResponse(url, status_code=303)
@@ -61,9 +59,7 @@ def render_from_page(
 )
 def weights_from_page(model: str, layer: str, unit: int, session: SessionDep) -> Response:
     """The unit page's button: weight views for the unit's layer, followed live."""
-    m = service.get_model(session, model)
-    lyr = service.get_layer(session, m, layer)
-    service.get_unit(session, lyr, unit)
+    m, lyr, _ = service.resolve_unit(session, model, layer, unit)
     job = request_weight_views(session, m, [lyr.name])
     url = f"{urls.unit_url(m.slug, lyr.name, unit)}?view=weights&job={job.id}"
     return RedirectResponse(url, status_code=303)
@@ -127,9 +123,7 @@ def render_unit(
     facet: str | None = Query(None, description="a trained facet's name: steer the render"),
 ) -> dict:
     """Render a unit's feature visualization now (ahead of bulk work); returns the job."""
-    m = service.get_model(session, model)
-    lyr = service.get_layer(session, m, layer)
-    service.get_unit(session, lyr, unit)
+    m, lyr, _ = service.resolve_unit(session, model, layer, unit)
     return job_out(request_featvis(session, m, lyr, unit, objective, facet)).model_dump()
 
 

@@ -166,10 +166,17 @@ class UnitView:
 LAYER_KINDS_PER_UNIT = ("weights_nmf", "weights_svd")
 
 
-def unit_view(session: Session, model_slug: str, layer_name: str, index: int) -> UnitView:
+def resolve_unit(
+    session: Session, model_slug: str, layer_name: str, index: int
+) -> tuple[Model, Layer, Unit]:
+    """A unit by its permalink's parts; NotFoundError naming the first part that is unknown."""
     model = get_model(session, model_slug)
     layer = get_layer(session, model, layer_name)
-    unit = get_unit(session, layer, index)
+    return model, layer, get_unit(session, layer, index)
+
+
+def unit_view(session: Session, model_slug: str, layer_name: str, index: int) -> UnitView:
+    model, layer, unit = resolve_unit(session, model_slug, layer_name, index)
     repo = CatalogRepository(session)
     arts = list(repo.unit_artifacts(layer.id, index))
     arts += repo.layer_artifacts(layer.id, LAYER_KINDS_PER_UNIT)

@@ -68,6 +68,19 @@ def publish(
     return art
 
 
+def publish_json(session: Session, store: ObjectStore, payload: Any, **fields: Any) -> Artifact:
+    """``payload`` as a JSON artifact; ``fields`` are publish's (model, layer, unit, kind,
+    variant, params, meta)."""
+    return publish(
+        session,
+        store,
+        data=json.dumps(payload).encode(),
+        ext="json",
+        content_type="application/json",
+        **fields,
+    )
+
+
 def publish_ranked(
     session: Session,
     store: ObjectStore,
@@ -84,16 +97,14 @@ def publish_ranked(
     """A unit's ranked strings (text views) as ``{"top": [{"text", "score"}, ...]}`` JSON,
     with ``extra`` fields beside ``top``."""
     payload = {**(extra or {}), "top": [{"text": t, "score": s} for t, s in ranked]}
-    return publish(
+    return publish_json(
         session,
         store,
+        payload,
         model=model,
         layer=layer,
         unit=unit,
         kind=kind,
         variant=variant,
         params=params,
-        data=json.dumps(payload).encode(),
-        ext="json",
-        content_type="application/json",
     )

@@ -8,12 +8,11 @@ every shard is merged (the merge equals the single pass exactly).
 from __future__ import annotations
 
 import io
-import json
 import os
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import lru_cache, partial
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +26,7 @@ from backend.config import get_settings
 from backend.db.models import Dataset, Image, Job, Layer, Model
 from backend.jobs.service import enqueue_job
 from backend.storage import ObjectStore, make_store, params_hash
-from workers.tasks.artifacts import publish
+from workers.tasks.artifacts import publish, publish_json
 from workers.tasks.cards import refresh_card
 from workers.tasks.jobrun import Progress, Waiting, job_task
 
@@ -366,50 +365,35 @@ def _publish_unit(
     drawn: dict[str, DrawnGroup],
 ) -> None:
     """A unit's sheets, thumbnail, card and examples index."""
-    for group, d in drawn.items():
-        for kind, data in (("example_crop", d.crops), ("example_heatmap", d.heatmaps)):
-            publish(
-                session,
-                store,
-                model=model,
-                layer=layer,
-                unit=u,
-                kind=kind,
-                variant=group,
-                params=params,
-                data=data,
-                ext="jpg",
-                content_type="image/jpeg",
-                meta={"cols": 4, "cell": CELL, "image_ids": d.image_ids},
-            )
-        if d.thumb is not None:
-            publish(
-                session,
-                store,
-                model=model,
-                layer=layer,
-                unit=u,
-                kind="example_crop",
-                variant="thumb",
-                params=params,
-                data=d.thumb,
-                ext="jpg",
-                content_type="image/jpeg",
-                meta={"image_id": d.image_ids[0]},
-            )
-            refresh_card(session, store, model, layer, u, examples=d.card_tiles)
-    publish(
+    jpeg_art = partial(
+        publish,
         session,
         store,
+        model=model,
+        layer=layer,
+        unit=u,
+        params=params,
+        ext="jpg",
+        content_type="image/jpeg",
+    )
+    for group, d in drawn.items():
+        for kind, data in (("example_crop", d.crops), ("example_heatmap", d.heatmaps)):
+            meta = {"cols": 4, "cell": CELL, "image_ids": d.image_ids}
+            jpeg_art(kind=kind, variant=group, data=data, meta=meta)
+        if d.thumb is not None:
+            meta = {"image_id": d.image_ids[0]}
+            jpeg_art(kind="example_crop", variant="thumb", data=d.thumb, meta=meta)
+            refresh_card(session, store, model, layer, u, examples=d.card_tiles)
+    publish_json(
+        session,
+        store,
+        info,
         model=model,
         layer=layer,
         unit=u,
         kind="dataset_examples",
         variant="",
         params=params,
-        data=json.dumps(info).encode(),
-        ext="json",
-        content_type="application/json",
         meta={"stats": info["stats"]},
     )
 

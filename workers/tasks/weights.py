@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import json
 from typing import Any
 
 import numpy as np
@@ -14,7 +13,7 @@ from backend.celeryconf import TASK_WEIGHT_VIEWS
 from backend.config import get_settings
 from backend.db.models import Artifact, Job, Layer, Model
 from backend.storage import ObjectStore, make_store
-from workers.tasks.artifacts import publish
+from workers.tasks.artifacts import publish, publish_json
 from workers.tasks.jobrun import Progress, job_task, ready_model
 from workers.tasks.mining import _device, cached_model
 
@@ -81,18 +80,16 @@ def _publish_layer(
             "singular_values": np.round(svd.singular_values[:16], 6).tolist(),
         }
         sq = svd.singular_values**2
-        publish(
+        publish_json(
             session,
             store,
+            payload,
             model=model,
             layer=layer,
             unit=None,
             kind="weights_svd",
             variant="",
             params={**base, "method": "svd-abs-sum"},
-            data=json.dumps(payload).encode(),
-            ext="json",
-            content_type="application/json",
             meta={
                 "units": c_out,
                 "inputs": uw.inputs,
@@ -118,18 +115,16 @@ def _publish_layer(
         },
         "components": np.round(nmf.components, 5).tolist(),  # (3, 2*C_in): [+W | -W]
     }
-    publish(
+    publish_json(
         session,
         store,
+        factors,
         model=model,
         layer=layer,
         unit=None,
         kind="weights_nmf",
         variant="factors",
         params=params,
-        data=json.dumps(factors).encode(),
-        ext="json",
-        content_type="application/json",
         meta={"inputs": uw.inputs, "kernel": [kh, kw], "error": factors["error"]},
     )
     for u in range(c_out):
