@@ -4,6 +4,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
 WORKDIR /app
 COPY pyproject.toml README.md alembic.ini ./
 COPY backend backend
+COPY contracts contracts
 COPY workers workers
 COPY frontend frontend
 COPY migrations migrations

@@ -6,33 +6,7 @@ from celery import Celery
 from kombu import Queue
 
 from backend.config import Settings
-
-# "interactive" carries what a person asked for from a page, ahead of bulk work.
-QUEUES = ("interactive", "gpu", "cpu")
-# Task names: the web process sends these by name and never imports task code.
-TASK_REGISTER_MODEL = "microscope.register_model"
-TASK_IMPORT_DATASET = "microscope.import_dataset"
-TASK_MINE_EXAMPLES = "microscope.mine_examples"
-TASK_MINE_SHARD = "microscope.mine_examples_shard"
-TASK_FEATVIS = "microscope.featvis"
-TASK_FEATVIS_BULK = "microscope.featvis_bulk"
-TASK_TEXT_VIEWS = "microscope.text_views"
-TASK_RENDERED_WORDS = "microscope.rendered_words"
-TASK_TRAIN_FACET = "microscope.train_facet"
-TASK_WEIGHT_VIEWS = "microscope.weight_views"
-# job kind -> task name, used to send unfinished jobs again after a crash.
-TASKS = {
-    "register_model": TASK_REGISTER_MODEL,
-    "import_dataset": TASK_IMPORT_DATASET,
-    "mine_examples": TASK_MINE_EXAMPLES,
-    "mine_shard": TASK_MINE_SHARD,
-    "featvis": TASK_FEATVIS,
-    "featvis_bulk": TASK_FEATVIS_BULK,
-    "text_views": TASK_TEXT_VIEWS,
-    "rendered_words": TASK_RENDERED_WORDS,
-    "train_facet": TASK_TRAIN_FACET,
-    "weight_views": TASK_WEIGHT_VIEWS,
-}
+from contracts.jobs import QUEUES
 
 
 def make_celery(settings: Settings, *, name: str = "microscope") -> Celery:

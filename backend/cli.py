@@ -224,10 +224,10 @@ def up(
     s = _settings()
     _migrate(s)
     from backend.catalog.service import add_model
-    from backend.celeryconf import TASKS
     from backend.datasets.service import add_dataset
     from backend.jobs.service import resend_unfinished
     from backend.precompute import queue_precompute
+    from contracts.jobs import TASKS
 
     gpu = _default_featvis_units(s) is None
     if featvis_units is None:
@@ -410,7 +410,7 @@ def models_inspect(
     all_layers: Annotated[bool, typer.Option("--all", help="every candidate layer")] = False,
 ) -> None:
     """Load a model and print its layers and unit counts, registering nothing."""
-    from backend.catalog.spec import SpecError, parse_spec
+    from contracts.spec import SpecError, parse_spec
 
     try:
         parse_spec(spec)

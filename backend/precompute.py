@@ -6,22 +6,24 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from backend.catalog.facets import check_facet_below, facet_layer, facet_name, get_facet
-from backend.celeryconf import (
-    TASK_FEATVIS,
-    TASK_FEATVIS_BULK,
-    TASK_MINE_EXAMPLES,
-    TASK_RENDERED_WORDS,
-    TASK_TEXT_VIEWS,
-    TASK_TRAIN_FACET,
-    TASK_WEIGHT_VIEWS,
-)
 from backend.config import get_settings
 from backend.db.models import Dataset, Job, Layer, Model
 from backend.errors import InvalidInput
 from backend.jobs.service import enqueue_job
+from contracts.jobs import (
+    DEFAULT_CLIMB_UNITS,
+    DEFAULT_WORDS,
+    FEATVIS_OBJECTIVES,
+    FeatvisBulkParams,
+    FeatvisParams,
+    MineExamplesParams,
+    RenderedWordsParams,
+    TextViewsParams,
+    TrainFacetParams,
+    WeightViewsParams,
+)
 
 FEATVIS_BLOCK = 32  # units per featvis job: one full batch on a GPU
-FEATVIS_OBJECTIVES = ("channel", "neuron", "negative", "diversity")
 
 
 def queue_precompute(
@@ -30,8 +32,8 @@ def queue_precompute(
     dataset: Dataset,
     *,
     featvis_units: int | None = None,
-    words: int = 10000,
-    climb_units: int | None = 8,
+    words: int = DEFAULT_WORDS,
+    climb_units: int | None = DEFAULT_CLIMB_UNITS,
 ) -> list[Job]:
     """Every precompute job: dataset examples, text views, rendered words, feature vis,
     weight views.
@@ -47,9 +49,7 @@ def queue_precompute(
     jobs = [
         enqueue_job(
             session,
-            kind="mine_examples",
-            task_name=TASK_MINE_EXAMPLES,
-            params={"model_id": model.id, "dataset_id": dataset.id, "layers": "default"},
+            MineExamplesParams(model_id=model.id, dataset_id=dataset.id),
             queue="gpu",
             priority=5,
             model_id=model.id,
@@ -59,9 +59,7 @@ def queue_precompute(
     jobs.append(
         enqueue_job(
             session,
-            kind="text_views",
-            task_name=TASK_TEXT_VIEWS,
-            params={"model_id": model.id, "dataset_id": dataset.id, "climb_units": climb_units},
+            TextViewsParams(model_id=model.id, dataset_id=dataset.id, climb_units=climb_units),
             queue="gpu",
             priority=4,
             model_id=model.id,
@@ -72,9 +70,7 @@ def queue_precompute(
         jobs.append(
             enqueue_job(
                 session,
-                kind="rendered_words",
-                task_name=TASK_RENDERED_WORDS,
-                params={"model_id": model.id, "dataset_id": dataset.id, "words": words},
+                RenderedWordsParams(model_id=model.id, dataset_id=dataset.id, words=words),
                 queue="gpu",
                 priority=2,
                 model_id=model.id,
@@ -88,9 +84,7 @@ def queue_precompute(
         jobs.append(
             enqueue_job(
                 session,
-                kind="featvis_bulk",
-                task_name=TASK_FEATVIS_BULK,
-                params={"model_id": model.id, "units_per_layer": featvis_units, "after": after},
+                FeatvisBulkParams(model_id=model.id, units_per_layer=featvis_units, after=after),
                 queue="cpu",
                 priority=4,
                 model_id=model.id,
@@ -109,12 +103,9 @@ def request_weight_views(
         _check_layers(session, model, layers)
     return enqueue_job(
         session,
-        kind="weight_views",
-        task_name=TASK_WEIGHT_VIEWS,
-        params={
-            "model_id": model.id,
-            "layers": sorted(layers) if layers is not None else "default",
-        },
+        WeightViewsParams(
+            model_id=model.id, layers=sorted(layers) if layers is not None else "default"
+        ),
         queue="cpu",
         priority=priority,
         model_id=model.id,
@@ -149,15 +140,13 @@ def queue_featvis_blocks(session: Session, model: Model, units_per_layer: int | 
             jobs.append(
                 enqueue_job(
                     session,
-                    kind="featvis",
-                    task_name=TASK_FEATVIS,
-                    params={
-                        "model_id": model.id,
-                        "layer_id": layer.id,
-                        "units": [start, stop],
-                        "objective": "channel",
-                        "steps": get_settings().featvis_steps,
-                    },
+                    FeatvisParams(
+                        model_id=model.id,
+                        layer_id=layer.id,
+                        units=(start, stop),
+                        objective="channel",
+                        steps=get_settings().featvis_steps,
+                    ),
                     queue="gpu",
                     priority=3,
                     model_id=model.id,
@@ -183,22 +172,22 @@ def request_featvis(
     """
     if objective not in FEATVIS_OBJECTIVES:
         raise InvalidInput(f"objective must be one of {', '.join(FEATVIS_OBJECTIVES)}")
-    params = {
-        "model_id": model.id,
-        "layer_id": layer.id,
-        "units": [unit, unit + 1],
-        "objective": objective,
-        "steps": get_settings().featvis_steps,
-    }
+    params = FeatvisParams(
+        model_id=model.id,
+        layer_id=layer.id,
+        units=(unit, unit + 1),
+        objective=objective,  # type: ignore[arg-type]  # checked above
+        steps=get_settings().featvis_steps,
+    )
     if facet:
         probe = get_facet(session, model, facet)
         check_facet_below(session, model, probe, layer)
-        params |= {"facet": probe.variant, "facet_probe": probe.params_hash}
+        params = params.model_copy(
+            update={"facet": probe.variant, "facet_probe": probe.params_hash}
+        )
     return enqueue_job(
         session,
-        kind="featvis",
-        task_name=TASK_FEATVIS,
-        params=params,
+        params,
         queue="interactive",
         priority=9,
         model_id=model.id,
@@ -226,16 +215,14 @@ def request_facet(
     layer = facet_layer(session, model, layer_name)
     return enqueue_job(
         session,
-        kind="train_facet",
-        task_name=TASK_TRAIN_FACET,
-        params={
-            "model_id": model.id,
-            "name": facet_name(name),
-            "dataset_id": facet.id,
-            "generic_id": generic.id,
-            "layer_id": layer.id,
-            "dataset_checksums": [facet.checksum, generic.checksum],
-        },
+        TrainFacetParams(
+            model_id=model.id,
+            name=facet_name(name),
+            dataset_id=facet.id,
+            generic_id=generic.id,
+            layer_id=layer.id,
+            dataset_checksums=[facet.checksum, generic.checksum],
+        ),
         queue="gpu",
         priority=8,
         model_id=model.id,
@@ -256,13 +243,11 @@ def request_examples(
         _check_layers(session, model, layers)
     return enqueue_job(
         session,
-        kind="mine_examples",
-        task_name=TASK_MINE_EXAMPLES,
-        params={
-            "model_id": model.id,
-            "dataset_id": dataset.id,
-            "layers": sorted(layers) if layers is not None else "default",
-        },
+        MineExamplesParams(
+            model_id=model.id,
+            dataset_id=dataset.id,
+            layers=sorted(layers) if layers is not None else "default",
+        ),
         queue="gpu",
         priority=6,
         model_id=model.id,

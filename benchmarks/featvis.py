@@ -130,7 +130,8 @@ def run_lucent(units: list[tuple[str, int]], steps: int, threads: int) -> list[d
 
 def score(model, layer, layout, units, images: torch.Tensor, preprocess) -> np.ndarray:
     """Our evaluator on 8-bit copies of (N, 3, S, S) images: max over positions, (N,)."""
-    from workers.ml.featvis.render import evaluate_units, from_pil, to_pil
+    from workers.ml.featvis.render import evaluate_units
+    from workers.ml.featvis.transforms import from_pil, to_pil
 
     a_max, _ = evaluate_units(model, layer, layout, units, from_pil(to_pil(images)), preprocess)
     return a_max.numpy()
@@ -138,7 +139,8 @@ def score(model, layer, layout, units, images: torch.Tensor, preprocess) -> np.n
 
 def run_ours(model, layer, layout, units, preprocess, steps, size, eval_every):
     """One batch over ``units``: steps, wall and CPU seconds spent optimising, (E, N) acts."""
-    from workers.ml.featvis.render import build_objective, frozen, optimise
+    from workers.ml.featvis.render import build_objective, optimise
+    from workers.ml.featvis.transforms import frozen
 
     marks, elapsed, cpu, acts = [], [], [], []
     spent = spent_cpu = 0.0
@@ -168,7 +170,8 @@ def run_ours(model, layer, layout, units, preprocess, steps, size, eval_every):
 
 def time_steps(model, goal, preprocess, n, size, steps=4, repeats=3, grads=False, cl=True):
     """Best-of-repeats seconds per step per unit for one optimise configuration."""
-    from workers.ml.featvis.render import frozen, optimise
+    from workers.ml.featvis.render import optimise
+    from workers.ml.featvis.transforms import frozen
 
     best = float("inf")
     with frozen(model, channels_last=cl):
@@ -226,7 +229,7 @@ def levers(model, layers, preprocess) -> None:
 
 
 def _nc():
-    from workers.ml.hooks import Layout
+    from contracts.layout import Layout
 
     return Layout("nc")
 

@@ -24,7 +24,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from workers.ml.hooks import Layout, capture, to_unit_maps
+from contracts.layout import Layout
+from workers.ml.hooks import capture, to_unit_maps
 from workers.ml.layers import enumerate_layers
 from workers.ml.mining import Miner
 from workers.ml.models import LoadedModel, PreprocessConfig, load_model

@@ -8,7 +8,7 @@ scripts/services.sh
 export HF_HUB_OFFLINE=1 PYTHONDONTWRITEBYTECODE=1
 mkdir -p test-output
 echo "==> ruff"
-.venv/bin/ruff check backend workers tests benchmarks migrations
+.venv/bin/ruff check backend contracts workers tests benchmarks migrations
 echo "==> mypy (the web process)"
 .venv/bin/mypy backend
 echo "==> pytest: SQLite + embedded broker"

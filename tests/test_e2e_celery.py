@@ -14,11 +14,11 @@ import pytest
 from PIL import Image
 
 from backend.catalog.service import add_model
-from backend.celeryconf import TASKS
 from backend.datasets.service import add_dataset
 from backend.db.models import Job
 from backend.db.session import session_scope
 from backend.jobs.service import resend_unfinished
+from contracts.jobs import TASKS
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = [pytest.mark.celery, pytest.mark.slow]

@@ -22,6 +22,7 @@ from backend.precompute import (
     request_weight_views,
 )
 from backend.templating import templates
+from contracts.jobs import JobState
 
 router = APIRouter(include_in_schema=False)
 api = APIRouter(prefix=urls.API, tags=["models"])
@@ -104,7 +105,7 @@ def job_fragment(request: Request, job_id: int, session: SessionDep) -> Response
         raise NotFoundError("job", job_id)
     out = job_out(job)
     resp = templates.TemplateResponse(request, "_job.html", {"job": out})
-    if out.state in ("succeeded", "failed"):
+    if out.state in (JobState.SUCCEEDED, JobState.FAILED):
         resp.headers["HX-Refresh"] = "true"
     return resp
 

@@ -7,9 +7,9 @@ from sqlalchemy.orm import Session
 
 from backend import urls
 from backend.catalog.repository import CatalogRepository
-from backend.catalog.spec import slugify
 from backend.db.models import Artifact, Layer, Model
 from backend.errors import InvalidInput, NotFoundError, NotReady
+from contracts.spec import slugify
 
 
 class FacetCreate(BaseModel):

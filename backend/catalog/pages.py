@@ -27,6 +27,7 @@ from backend.families.service import list_families, unit_families
 from backend.jobs.repository import JobRepository
 from backend.jobs.schemas import job_out
 from backend.templating import is_htmx, templates
+from contracts.jobs import JobState
 
 router = APIRouter(include_in_schema=False)
 
@@ -36,8 +37,8 @@ GRID_PAGE = 96
 @router.get("/", response_class=HTMLResponse)
 def home(request: Request, session: SessionDep) -> HTMLResponse:
     models = service.list_models(session)
-    running = JobRepository(session).count(state="running") + JobRepository(session).count(
-        state="queued"
+    running = JobRepository(session).count(state=JobState.RUNNING) + JobRepository(session).count(
+        state=JobState.QUEUED
     )
     return templates.TemplateResponse(
         request, "home.html", {"models": models, "jobs_in_flight": running}

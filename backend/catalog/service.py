@@ -10,11 +10,11 @@ from sqlalchemy.orm import Session
 from backend import urls
 from backend.catalog.repository import CatalogRepository
 from backend.catalog.schemas import ArtifactOut, LayerOut, ModelOut, UnitOut
-from backend.catalog.spec import SpecError, parse_spec, slugify
-from backend.celeryconf import TASK_REGISTER_MODEL
 from backend.db.models import Artifact, Job, Layer, Model, Unit
 from backend.errors import InvalidInput, NotFoundError
 from backend.jobs.service import enqueue_job
+from contracts.jobs import RegisterModelParams
+from contracts.spec import SpecError, parse_spec, slugify
 
 
 def add_model(session: Session, spec: str, slug: str | None = None) -> tuple[Model, Job]:
@@ -41,9 +41,7 @@ def add_model(session: Session, spec: str, slug: str | None = None) -> tuple[Mod
         raise InvalidInput(f"slug {slug!r} is already taken by {model.spec}")
     job = enqueue_job(
         session,
-        kind="register_model",
-        task_name=TASK_REGISTER_MODEL,
-        params={"model_id": model.id, "spec": model.spec},
+        RegisterModelParams(model_id=model.id, spec=model.spec),
         queue="gpu",
         priority=9,
         model_id=model.id,

@@ -9,11 +9,11 @@ from pydantic import BaseModel
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from backend.catalog.spec import slugify
-from backend.celeryconf import TASK_IMPORT_DATASET
 from backend.db.models import Dataset, Job
 from backend.errors import InvalidInput, NotFoundError
 from backend.jobs.service import enqueue_job
+from contracts.jobs import ImportDatasetParams
+from contracts.spec import slugify
 
 
 class DatasetOut(BaseModel):
@@ -58,9 +58,7 @@ def add_dataset(session: Session, path: str, slug: str | None = None) -> tuple[D
         raise InvalidInput(f"dataset slug {slug!r} already names {ds.source}")
     job = enqueue_job(
         session,
-        kind="import_dataset",
-        task_name=TASK_IMPORT_DATASET,
-        params={"dataset_id": ds.id, "source": ds.source},
+        ImportDatasetParams(dataset_id=ds.id, source=ds.source),
         queue="cpu",
         priority=8,
         dataset_id=ds.id,

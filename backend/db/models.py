@@ -19,6 +19,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from backend.db.base import Base, BigIntId, JSONType, TimestampMixin
+from contracts.jobs import JobState
 
 # Artifact kinds: a documented, closed set of names (README "Artifacts").
 ARTIFACT_KINDS = {
@@ -36,11 +37,6 @@ ARTIFACT_KINDS = {
     "facet_probe": "per-model facet probe: a linear probe on a lower layer (safetensors)",
     "thumbnail": "a dataset image thumbnail (JPEG)",
 }
-
-MODEL_STATES = ("pending", "registering", "ready", "failed")
-DATASET_STATES = ("pending", "importing", "ready", "failed")
-JOB_STATES = ("queued", "running", "succeeded", "failed", "cancelled")
-
 
 class Model(TimestampMixin, Base):
     __tablename__ = "models"
@@ -168,7 +164,7 @@ class Job(TimestampMixin, Base):
     params: Mapped[dict[str, Any]] = mapped_column(JSONType)
     queue: Mapped[str] = mapped_column(String(16), default="cpu")
     priority: Mapped[int] = mapped_column(Integer, default=5)
-    state: Mapped[str] = mapped_column(String(16), default="queued")
+    state: Mapped[str] = mapped_column(String(16), default=JobState.QUEUED.value)
     progress_done: Mapped[int] = mapped_column(Integer, default=0)
     progress_total: Mapped[int] = mapped_column(Integer, default=0)
     message: Mapped[str | None] = mapped_column(Text)

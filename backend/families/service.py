@@ -12,11 +12,11 @@ from sqlalchemy.orm import Session
 
 from backend import urls
 from backend.catalog import service as catalog
-from backend.catalog.spec import slugify
 from backend.db.models import Artifact, Family, FamilyMember, Layer, Model, Unit
 from backend.errors import InvalidInput, NotFoundError, NotReady
 from backend.storage import NotFound, ObjectStore
 from backend.textsearch import TextIndex, load_index
+from contracts.spec import slugify
 
 
 class MemberRef(BaseModel):

@@ -6,12 +6,12 @@ from fastapi import APIRouter, Query
 
 from backend import urls
 from backend.catalog.schemas import Page
-from backend.celeryconf import TASKS
 from backend.deps import AdminDep, SessionDep
 from backend.errors import NotFoundError
 from backend.jobs.repository import JobRepository
 from backend.jobs.schemas import JobOut, job_out
 from backend.jobs.service import retry_job
+from contracts.jobs import TASKS
 
 router = APIRouter(prefix=urls.API, tags=["jobs"])
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
 
-from backend.celeryconf import TASKS
 from backend.deps import SessionDep, is_admin, require_admin
 from backend.errors import NotFoundError
 from backend.jobs.repository import JobRepository
 from backend.jobs.schemas import job_out
 from backend.jobs.service import retry_job
 from backend.templating import templates
+from contracts.jobs import TASKS, JobState
 
 router = APIRouter(include_in_schema=False)
 
@@ -38,7 +38,7 @@ def progress_fragment(request: Request, session: SessionDep) -> HTMLResponse:
     """Jobs in flight; keeps polling itself while any are queued or running."""
     repo = JobRepository(session)
     active = [job_out(j) for j in repo.unfinished()]
-    failed = [job_out(j) for j in repo.list(state="failed", limit=5)]
+    failed = [job_out(j) for j in repo.list(state=JobState.FAILED, limit=5)]
     return templates.TemplateResponse(
         request, "_progress.html", {"active": active, "failed": failed}
     )

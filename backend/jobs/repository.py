@@ -8,6 +8,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from backend.db.models import Job
+from contracts.jobs import IN_FLIGHT_STATES
 
 
 class JobRepository:
@@ -43,7 +44,7 @@ class JobRepository:
         return int(self.session.scalar(q) or 0)
 
     def unfinished(self) -> Sequence[Job]:
-        q = select(Job).where(Job.state.in_(("queued", "running"))).order_by(Job.id)
+        q = select(Job).where(Job.state.in_(IN_FLIGHT_STATES)).order_by(Job.id)
         return self.session.scalars(q).all()
 
     def add(self, job: Job) -> Job:

@@ -8,6 +8,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from backend.db.models import Job
+from contracts.jobs import JobState
 
 
 class JobOut(BaseModel):
@@ -30,7 +31,7 @@ class JobOut(BaseModel):
 
 def job_out(job: Job) -> JobOut:
     pct = 100.0 * job.progress_done / job.progress_total if job.progress_total else 0.0
-    if job.state == "succeeded":
+    if job.state == JobState.SUCCEEDED:
         pct = 100.0
     return JobOut(
         id=job.id,

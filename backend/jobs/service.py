@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 from backend.db.models import Job
 from backend.jobs.enqueue import PendingTask, enqueue_after_commit
 from backend.jobs.repository import JobRepository
+from contracts.jobs import IN_FLIGHT_STATES, JobParams, JobState
 
 
 def dedupe_key(kind: str, params: dict[str, Any]) -> str:
@@ -21,10 +22,8 @@ def dedupe_key(kind: str, params: dict[str, Any]) -> str:
 
 def enqueue_job(
     session: Session,
+    params: JobParams,
     *,
-    kind: str,
-    task_name: str,
-    params: dict[str, Any],
     queue: str = "cpu",
     priority: int = 5,
     model_id: int | None = None,
@@ -37,16 +36,17 @@ def enqueue_job(
     A failed or cancelled one is reset and sent again.
     """
     repo = JobRepository(session)
-    key = dedupe_key(kind, params)
+    kind, row = params.kind, params.to_row()
+    key = dedupe_key(kind, row)
     job = repo.get_by_dedupe_key(key)
-    if job is not None and job.state in ("succeeded", "queued", "running"):
+    if job is not None and job.state in (JobState.SUCCEEDED, *IN_FLIGHT_STATES):
         return job
     if job is None:
         job = repo.add(
             Job(
                 kind=kind,
                 dedupe_key=key,
-                params=params,
+                params=row,
                 queue=queue,
                 priority=priority,
                 model_id=model_id,
@@ -55,12 +55,12 @@ def enqueue_job(
             )
         )
     else:
-        job.state = "queued"
+        job.state = JobState.QUEUED
         job.error = None
         job.message = "retry requested"
         job.progress_done = 0
         session.flush()
-    enqueue_after_commit(session, PendingTask(task_name, job.id, queue, priority))
+    enqueue_after_commit(session, PendingTask(params.task, job.id, queue, priority))
     return job
 
 
@@ -77,10 +77,10 @@ def resend_unfinished(session: Session, task_names: dict[str, str]) -> int:
 
 def retry_job(session: Session, job: Job, task_names: dict[str, str]) -> Job:
     """Send a failed or cancelled job again (its task skips whatever is already done)."""
-    if job.state not in ("failed", "cancelled"):
+    if job.state not in (JobState.FAILED, JobState.CANCELLED):
         return job
     name = task_names[job.kind]
-    job.state = "queued"
+    job.state = JobState.QUEUED
     job.error = None
     job.message = "retry requested"
     session.flush()

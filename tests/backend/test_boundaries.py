@@ -42,6 +42,35 @@ def test_backend_sources_never_import_ml_packages() -> None:
     assert offenders == []
 
 
+def _imports(folder: str) -> list[tuple[Path, str]]:
+    """(file, import line) for every import statement under a folder of the repository."""
+    found = []
+    for path in (ROOT / folder).rglob("*.py"):
+        for line in path.read_text().splitlines():
+            s = line.strip()
+            if s.startswith(("import ", "from ")):
+                found.append((path, s))
+    return found
+
+
+def test_ml_layer_never_imports_the_web_package_or_tasks() -> None:
+    offenders = [
+        f"{p}: {s}"
+        for p, s in _imports("workers/ml")
+        if s.split()[1].split(".")[0] == "backend" or s.split()[1].startswith("workers.tasks")
+    ]
+    assert offenders == []
+
+
+def test_contracts_import_neither_side() -> None:
+    offenders = [
+        f"{p}: {s}"
+        for p, s in _imports("contracts")
+        if s.split()[1].split(".")[0] in ("backend", "workers", "torch", "timm", "open_clip")
+    ]
+    assert offenders == []
+
+
 @pytest.mark.skipif(shutil.which("docker-compose") is None, reason="docker-compose not installed")
 def test_docker_compose_file_is_valid() -> None:
     out = subprocess.run(

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import func, select
 
-from backend.celeryconf import TASK_REGISTER_MODEL
 from backend.db.models import Job
 from backend.jobs.enqueue import celery_client
 from backend.jobs.service import enqueue_job
+from contracts.jobs import RegisterModelParams
 
 
 def queued_messages(queue: str = "cpu") -> int:
@@ -29,13 +29,7 @@ def empty_queue(settings):  # type: ignore[no-untyped-def]
 
 
 def _enqueue(session, n: int = 1) -> Job:  # type: ignore[no-untyped-def]
-    return enqueue_job(
-        session,
-        kind="register_model",
-        task_name=TASK_REGISTER_MODEL,
-        params={"model_id": n},
-        queue="cpu",
-    )
+    return enqueue_job(session, RegisterModelParams(model_id=n, spec="default"), queue="cpu")
 
 
 def test_message_is_sent_only_after_commit(session, empty_queue) -> None:

@@ -10,13 +10,14 @@ import torch
 from PIL import Image
 from torch import nn
 
+from contracts.layout import Layout
 from workers.ml.featvis import objectives as O
 from workers.ml.featvis import render_units, train_facet_probe
 from workers.ml.featvis.facets import FacetProbe
 from workers.ml.featvis.param import FourierImage
-from workers.ml.featvis.render import element_seeds, evaluate_units, frozen, optimise
-from workers.ml.featvis.transforms import TransformConfig, sample_theta, warp
-from workers.ml.hooks import Layout, capture
+from workers.ml.featvis.render import element_seeds, evaluate_units, optimise
+from workers.ml.featvis.transforms import TransformConfig, frozen, sample_theta, warp
+from workers.ml.hooks import capture
 
 NCHW = Layout("nchw")
 PRE = SimpleNamespace(input_size=32, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))

@@ -7,7 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from workers.ml.hooks import Layout, run_to, to_unit_maps
+from contracts.layout import Layout
+from workers.ml.hooks import run_to, to_unit_maps
 from workers.ml.mining import (
     LayerReducer,
     Miner,

@@ -19,7 +19,8 @@ from backend.db.models import Image as ImageRow
 from backend.db.session import session_scope
 from backend.precompute import queue_precompute
 from backend.storage import make_store
-from workers.ml.hooks import Layout, run_to, to_unit_maps
+from contracts.layout import Layout
+from workers.ml.hooks import run_to, to_unit_maps
 from workers.ml.images import load_rgb
 from workers.ml.models import load_model
 from workers.ml.preprocess import to_batch

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from workers.ml.hooks import Layout
+from contracts.layout import Layout
 from workers.ml.mining import LayerReducer
 from workers.ml.receptive_field import (
     RF,

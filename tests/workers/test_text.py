@@ -12,7 +12,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from backend.textsearch import TextIndex
-from workers.ml.hooks import Layout, get_module
+from contracts.layout import Layout
+from workers.ml.hooks import get_module
 from workers.ml.models import LoadedModel, PreprocessConfig
 from workers.ml.text.families import compose, distinct_strings, propose_families
 from workers.ml.text.heads import classifier_head

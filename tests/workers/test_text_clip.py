@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from workers.ml.hooks import Layout
+from contracts.layout import Layout
 from workers.ml.models import load_model
 from workers.ml.text.heads import encode_tokens, make_text_head
 from workers.ml.text.search import SearchIndex

@@ -9,10 +9,11 @@ import math
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 
 import torch
 from torch import nn
+
+from contracts.layout import Layout
 
 
 class StopForward(Exception):  # noqa: N818 - control flow, not an error
@@ -86,19 +87,6 @@ def run_to(
         if missing:
             raise RuntimeError(f"layers {missing} did not run in the forward pass")
         return dict(store)
-
-
-@dataclass(frozen=True)
-class Layout:
-    """How a layer's raw output maps onto (N, units, H, W) unit maps.
-
-    kind: 'nchw' (conv), 'nhwc' (channels-last blocks), 'nlc' (transformer tokens, batch first),
-    'lnc' (transformer tokens, sequence first), 'nc' (vectors).
-    prefix_tokens: class/register tokens before the patch grid (dropped from spatial maps).
-    """
-
-    kind: str
-    prefix_tokens: int = 0
 
 
 def to_unit_maps(t: torch.Tensor, layout: Layout) -> torch.Tensor:

@@ -9,7 +9,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from workers.ml.hooks import Layout, capture
+from contracts.layout import Layout
+from workers.ml.hooks import capture
 from workers.ml.models import LoadedModel, load_model
 
 # Pooled-feature modules at the top of an image model (timm, torchvision, open_clip).
@@ -41,7 +42,7 @@ class LayerInfo:
             "kind": self.kind,
             "unit_count": self.unit_count,
             "output_shape": list(self.output_shape),
-            "layout": {"kind": self.layout.kind, "prefix_tokens": self.layout.prefix_tokens},
+            "layout": self.layout.to_dict(),
             "order": self.order,
             "default": self.default,
         }

@@ -21,7 +21,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from workers.ml.hooks import Layout, run_to, to_unit_maps
+from contracts.layout import Layout
+from workers.ml.hooks import run_to, to_unit_maps
 
 STATE_VERSION = 1
 MAX_IMAGE_ID = 2**32 - 1  # ids share an int64 key with the score's 32 bits

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from backend.catalog.spec import ModelSpec, SpecError, parse_spec
+from contracts.spec import ModelSpec, SpecError, parse_spec
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from workers.ml.hooks import Layout, run_to, to_unit_maps
+from contracts.layout import Layout
+from workers.ml.hooks import run_to, to_unit_maps
 
 Box = tuple[int, int, int, int]  # (top, left, bottom, right), bottom/right exclusive
 

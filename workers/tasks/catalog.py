@@ -5,9 +5,9 @@ from __future__ import annotations
 from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
-from backend.celeryconf import TASK_REGISTER_MODEL
 from backend.config import get_settings
 from backend.db.models import Job, Layer, Model, Unit
+from contracts.jobs import TASK_REGISTER_MODEL
 from workers.tasks.jobrun import Progress, job_task
 
 
@@ -47,7 +47,7 @@ def register(session: Session, job: Job, progress: Progress) -> str:
             kind=info.kind,
             unit_count=info.unit_count,
             output_shape=list(info.output_shape),
-            layout={"kind": info.layout.kind, "prefix_tokens": info.layout.prefix_tokens},
+            layout=info.layout.to_dict(),
             order=info.order,
             is_default=info.default,
         )

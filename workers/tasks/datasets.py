@@ -9,10 +9,10 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from backend.celeryconf import TASK_IMPORT_DATASET
 from backend.config import get_settings
 from backend.db.models import Dataset, Image, Job
 from backend.storage import make_store
+from contracts.jobs import TASK_IMPORT_DATASET
 from workers.tasks.jobrun import Progress, job_task
 
 COMMIT_EVERY = 100

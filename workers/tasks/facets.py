@@ -10,12 +10,12 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from backend.catalog.repository import CatalogRepository
-from backend.celeryconf import TASK_TRAIN_FACET
 from backend.config import get_settings
 from backend.db.models import Artifact, Dataset, Image, Job, Layer, Model
 from backend.storage import ObjectStore, make_store
+from contracts.jobs import TASK_TRAIN_FACET, TrainFacetParams
 from workers.tasks.artifacts import publish
-from workers.tasks.jobrun import Progress, job_task
+from workers.tasks.jobrun import Progress, job_task, params_of
 from workers.tasks.mining import _check_inputs, _device, cached_model, read_images
 
 # Images read per side: a logistic regression on pooled units needs hundreds, not millions,
@@ -54,20 +54,20 @@ def load_probe(store: ObjectStore, art: Artifact) -> Any:
 
 def train(session: Session, job: Job, progress: Progress) -> str:
     """Fit facet-vs-generic on the layer's pooled units and publish the probe."""
+    from contracts.layout import Layout
     from workers.ml.featvis.facets import train_facet_probe
-    from workers.ml.hooks import Layout
 
-    p: dict[str, Any] = job.params
-    model = session.get(Model, p["model_id"])
-    layer = session.get(Layer, p["layer_id"])
-    facet_ds = session.get(Dataset, p["dataset_id"])
-    generic_ds = session.get(Dataset, p["generic_id"])
+    p = params_of(job, TrainFacetParams)
+    model = session.get(Model, p.model_id)
+    layer = session.get(Layer, p.layer_id)
+    facet_ds = session.get(Dataset, p.dataset_id)
+    generic_ds = session.get(Dataset, p.generic_id)
     _check_inputs(model, facet_ds)
     _check_inputs(model, generic_ds)
     assert model is not None and facet_ds is not None and generic_ds is not None
     if layer is None:
         raise ValueError("the layer of this job was deleted")
-    name = p["name"]
+    name = p.name
     progress(0, 3, "reading images")
     facet_images = dataset_images(session, facet_ds)
     generic_images = dataset_images(session, generic_ds)
@@ -78,7 +78,7 @@ def train(session: Session, job: Job, progress: Progress) -> str:
     probe = train_facet_probe(
         loaded.image_model,
         layer.module_path,
-        Layout(**layer.layout),
+        Layout.from_dict(layer.layout),
         facet_images,
         generic_images,
         loaded.preprocess,

@@ -2,21 +2,25 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from backend.catalog.repository import CatalogRepository
-from backend.celeryconf import TASK_FEATVIS, TASK_FEATVIS_BULK
 from backend.config import get_settings
 from backend.db.models import Artifact, Job, Layer
 from backend.precompute import queue_featvis_blocks
 from backend.storage import make_store
+from contracts.jobs import (
+    FINISHED_STATES,
+    TASK_FEATVIS,
+    TASK_FEATVIS_BULK,
+    FeatvisBulkParams,
+    FeatvisParams,
+)
 from workers.tasks.artifacts import publish
 from workers.tasks.cards import refresh_card
 from workers.tasks.facets import load_probe
-from workers.tasks.jobrun import Progress, Waiting, job_task, ready_model
+from workers.tasks.jobrun import Progress, Waiting, job_task, params_of, ready_model
 from workers.tasks.mining import _device, cached_model
 
 
@@ -39,23 +43,22 @@ def best_example_scores(session: Session, layer: Layer, units: list[int]) -> dic
 
 def render(session: Session, job: Job, progress: Progress) -> str:
     """Render the job's units with the requested objective and publish one WebP per image."""
+    from contracts.layout import Layout
     from workers.ml.featvis import render_units
-    from workers.ml.hooks import Layout
     from workers.ml.render import to_webp_bytes
 
-    p: dict[str, Any] = job.params
-    model = ready_model(session, p["model_id"])
-    layer = session.get(Layer, p["layer_id"])
+    p = params_of(job, FeatvisParams)
+    model = ready_model(session, p.model_id)
+    layer = session.get(Layer, p.layer_id)
     if layer is None:
         raise ValueError("the layer of this job was deleted")
-    start, stop = p["units"]
+    start, stop = p.units
     units = list(range(start, min(stop, layer.unit_count)))
     if not units:
         raise ValueError(f"no units {start}..{stop} in layer {layer.name}")
-    objective = p.get("objective", "channel")
-    opts = {k: p[k] for k in ("steps", "size", "seed") if k in p}
+    objective = p.objective
     store = make_store(get_settings())
-    facet = p.get("facet")
+    facet = p.facet
     probe = None
     if facet:
         found = CatalogRepository(session).facet_probes(model.id, facet)
@@ -69,18 +72,18 @@ def render(session: Session, job: Job, progress: Progress) -> str:
     loaded = cached_model(model.spec, device)
     # Parameterize at the model's own input size: no upsampling, and early layers reach
     # their best dataset example's activation in fewer steps than at 128 px (measured).
-    opts.setdefault("size", int(loaded.preprocess.input_size))
     results = render_units(
         loaded.image_model,
         layer.module_path,
-        Layout(**layer.layout),
+        Layout.from_dict(layer.layout),
         units,
         preprocess=loaded.preprocess,
         objective=objective,
         facet=probe,
         device=device,
         progress=lambda d, t: progress(d, t, f"{layer.name}: {name} for {len(units)} units"),
-        **opts,
+        steps=p.steps,
+        size=int(loaded.preprocess.input_size),
     )
     best = best_example_scores(session, layer, units)
     for r in results:
@@ -116,17 +119,18 @@ def render(session: Session, job: Job, progress: Progress) -> str:
 def bulk(session: Session, job: Job, progress: Progress) -> str:
     """Once the model is registered, queue one render job per block of default units; on a
     CPU, only once the jobs in ``after`` (the text views queued with it) have finished."""
-    model = ready_model(session, job.params["model_id"])
-    after = job.params.get("after") or []
+    p = params_of(job, FeatvisBulkParams)
+    model = ready_model(session, p.model_id)
+    after = p.after
     if after and _device() == "cpu":
         pending = session.scalars(
             select(Job.kind).where(
-                Job.id.in_(after), Job.state.not_in(("succeeded", "failed", "cancelled"))
+                Job.id.in_(after), Job.state.not_in(FINISHED_STATES)
             )
         ).all()
         if pending:
             raise Waiting(f"renders wait on a CPU for the quicker views: {', '.join(pending)}")
-    jobs = queue_featvis_blocks(session, model, job.params.get("units_per_layer"))
+    jobs = queue_featvis_blocks(session, model, p.units_per_layer)
     return f"queued {len(jobs)} render jobs"
 
 

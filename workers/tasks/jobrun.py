@@ -7,7 +7,7 @@ import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy.orm import Session
 
@@ -15,6 +15,9 @@ from backend.config import get_settings
 from backend.db.base import utcnow
 from backend.db.models import Job, Model
 from backend.db.session import session_scope
+from contracts.jobs import JobParams, JobState
+
+P = TypeVar("P", bound=JobParams)
 
 
 class TransientError(Exception):
@@ -23,6 +26,11 @@ class TransientError(Exception):
 
 class Waiting(TransientError):
     """The job's inputs are not ready yet (a model still registering, say): retry later."""
+
+
+def params_of(job: Job, kind: type[P]) -> P:
+    """The job's parameters, validated against the contract the web process wrote them by."""
+    return kind.model_validate(job.params)
 
 
 def ready_model(session: Session, model_id: int) -> Model:
@@ -101,9 +109,9 @@ def _run_job(job_id: int, work: Work, on_failure: OnFailure | None) -> str:
         job = s.get(Job, job_id)
         if job is None:
             return "missing"
-        if job.state in ("succeeded", "cancelled"):
+        if job.state in (JobState.SUCCEEDED, JobState.CANCELLED):
             return job.state
-        job.state = "running"
+        job.state = JobState.RUNNING
         job.attempts += 1
         job.started_at = utcnow()
         job.error = None
@@ -114,7 +122,7 @@ def _run_job(job_id: int, work: Work, on_failure: OnFailure | None) -> str:
             assert job is not None
             message = work(s, job, progress)
     except TransientError as e:
-        _set(db_url, job_id, state="queued", message=str(e) or "transient error; retrying")
+        _set(db_url, job_id, state=JobState.QUEUED, message=str(e) or "transient error; retrying")
         raise
     except Exception as e:
         if on_failure is not None:
@@ -125,7 +133,7 @@ def _run_job(job_id: int, work: Work, on_failure: OnFailure | None) -> str:
         _set(
             db_url,
             job_id,
-            state="failed",
+            state=JobState.FAILED,
             error=f"{type(e).__name__}: {e}",
             message=traceback.format_exc(limit=3)[-2000:],
             finished_at=utcnow(),
@@ -134,12 +142,12 @@ def _run_job(job_id: int, work: Work, on_failure: OnFailure | None) -> str:
     with session_scope(db_url) as s:
         job = s.get(Job, job_id)
         assert job is not None
-        job.state = "succeeded"
+        job.state = JobState.SUCCEEDED
         job.finished_at = utcnow()
         job.message = message
         if job.progress_total:
             job.progress_done = job.progress_total
-    return "succeeded"
+    return JobState.SUCCEEDED
 
 
 WAIT_SECONDS = 3  # how soon a job whose inputs are not ready looks again

@@ -21,14 +21,20 @@ from PIL import Image as PILImage
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from backend.celeryconf import TASK_MINE_EXAMPLES, TASK_MINE_SHARD
 from backend.config import get_settings
 from backend.db.models import Dataset, Image, Job, Layer, Model
 from backend.jobs.service import enqueue_job
 from backend.storage import ObjectStore, make_store, params_hash
+from contracts.jobs import (
+    TASK_MINE_EXAMPLES,
+    TASK_MINE_SHARD,
+    JobState,
+    MineExamplesParams,
+    MineShardParams,
+)
 from workers.tasks.artifacts import publish, publish_json
 from workers.tasks.cards import refresh_card
-from workers.tasks.jobrun import Progress, Waiting, job_task
+from workers.tasks.jobrun import Progress, Waiting, job_task, params_of
 
 K = 64  # examples kept per unit
 SHOWN = 16  # examples drawn on each sheet (4 x 4)
@@ -120,9 +126,9 @@ class Plan:
 
     @property
     def layouts(self) -> dict[str, Any]:
-        from workers.ml.hooks import Layout
+        from contracts.layout import Layout
 
-        return {x.module_path: Layout(**x.layout) for x in self.layers}
+        return {x.module_path: Layout.from_dict(x.layout) for x in self.layers}
 
 
 def make_plan(
@@ -235,20 +241,14 @@ def _loader_fn(plan: Plan, cfg: Any, ids: list[int]) -> Any:
     return load
 
 
-def _layer_names(params: dict[str, Any]) -> list[str] | None:
-    layers = params.get("layers", "default")
-    return None if layers == "default" else list(layers)
-
-
 def mine_shard(session: Session, job: Job, progress: Progress) -> str:
     """Mine one shard of images and save its reducer state (the merge needs nothing else)."""
     from workers.ml.mining import Miner, make_loader
 
-    plan = make_plan(
-        session, job.params["model_id"], job.params["dataset_id"], _layer_names(job.params)
-    )
-    i = int(job.params["shard"])
-    if plan.run_hash != job.params["run_hash"]:
+    p = params_of(job, MineShardParams)
+    plan = make_plan(session, p.model_id, p.dataset_id, p.layer_names)
+    i = p.shard
+    if plan.run_hash != p.run_hash:
         return "superseded: the model, dataset or layers changed"
     store = make_store(get_settings())
     if store.exists(plan.keys[i]):
@@ -279,21 +279,19 @@ def _shards_ready(session: Session, plan: Plan, progress: Progress) -> bool:
     for i in missing:
         shard_job = enqueue_job(
             session,
-            kind="mine_shard",
-            task_name=TASK_MINE_SHARD,
-            params={
-                "model_id": plan.model.id,
-                "dataset_id": plan.ds.id,
-                "run_hash": plan.run_hash,
-                "shard": i,
-                "layers": [x.name for x in plan.layers],
-            },
+            MineShardParams(
+                model_id=plan.model.id,
+                dataset_id=plan.ds.id,
+                run_hash=plan.run_hash,
+                shard=i,
+                layers=[x.name for x in plan.layers],
+            ),
             queue="gpu",
             model_id=plan.model.id,
             dataset_id=plan.ds.id,
             total=len(plan.shards[i]),
         )
-        if shard_job.state == "failed" and shard_job.attempts >= MAX_SHARD_ATTEMPTS:
+        if shard_job.state == JobState.FAILED and shard_job.attempts >= MAX_SHARD_ATTEMPTS:
             raise RuntimeError(f"shard {i} failed {shard_job.attempts} times: {shard_job.error}")
     session.commit()  # sends the shard tasks
     progress(done, len(plan.keys) + 1, f"{done}/{len(plan.keys)} shards mined")
@@ -406,9 +404,8 @@ def mine(session: Session, job: Job, progress: Progress) -> str:
     """
     from workers.ml.mining import merge_layer_states
 
-    plan = make_plan(
-        session, job.params["model_id"], job.params["dataset_id"], _layer_names(job.params)
-    )
+    p = params_of(job, MineExamplesParams)
+    plan = make_plan(session, p.model_id, p.dataset_id, p.layer_names)
     if not _shards_ready(session, plan, progress):
         raise Waiting(f"waiting for {plan.model.slug} shards of {plan.ds.slug}")
     model, layers, params = plan.model, plan.layers, plan.params

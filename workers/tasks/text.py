@@ -12,22 +12,28 @@ import torch
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from backend.catalog.spec import slugify
-from backend.celeryconf import TASK_RENDERED_WORDS, TASK_TEXT_VIEWS
 from backend.config import get_settings
 from backend.db.models import Artifact, Family, FamilyMember, Job, Layer, Model, Unit
 from backend.storage import ObjectStore, make_store
+from contracts.jobs import (
+    TASK_RENDERED_WORDS,
+    TASK_TEXT_VIEWS,
+    JobState,
+    MineExamplesParams,
+    RenderedWordsParams,
+    TextViewsParams,
+)
+from contracts.spec import slugify
 from workers.tasks.artifacts import publish, publish_ranked
-from workers.tasks.jobrun import Progress, Waiting, job_task, ready_model
+from workers.tasks.jobrun import Progress, Waiting, job_task, params_of, ready_model
 from workers.tasks.mining import BATCH, _device, _loader_fn, cached_model, make_plan
 
 TOP_EXAMPLES = 8  # a unit's text vector: the head's mean output over its top examples
 VOCAB_WORDS = 5000  # dictionary words in the vocabulary (plus class names and prompts)
 FAMILY_SIZE = 24
 TEXT_VERSION = 2  # 2: classifiers describe images by class probabilities
-# CLIP only: units per default layer whose strings are also hill-climbed over tokens (job
-# param climb_units; None = all, 0 = none), and the one-token words each climb searches.
-CLIMB_UNITS = 8
+# CLIP only: the one-token words each climb searches (how many units are climbed is the job's
+# TextViewsParams.climb_units).
 CLIMB_CANDIDATES = 64
 CLIMB_TOKENS = 3
 CLIMB_SWEEPS = 2
@@ -38,7 +44,11 @@ def _mining_done(session: Session, model_id: int, dataset_id: int) -> bool:
     jobs = session.scalars(
         select(Job).where(Job.kind == "mine_examples", Job.model_id == model_id)
     ).all()
-    return any(j.state == "succeeded" and j.params.get("dataset_id") == dataset_id for j in jobs)
+    return any(
+        j.state == JobState.SUCCEEDED
+        and MineExamplesParams.model_validate(j.params).dataset_id == dataset_id
+        for j in jobs
+    )
 
 
 def text_views(session: Session, job: Job, progress: Progress) -> str:
@@ -53,8 +63,8 @@ def text_views(session: Session, job: Job, progress: Progress) -> str:
     from workers.ml.text.textfv import build_vocabulary, dictionary_words, top_strings
     from workers.ml.text.unit_vectors import head_outputs
 
-    p: dict[str, Any] = job.params
-    plan = make_plan(session, p["model_id"], p["dataset_id"])
+    p = params_of(job, TextViewsParams)
+    plan = make_plan(session, p.model_id, p.dataset_id)
     if not _mining_done(session, plan.model.id, plan.ds.id):
         raise Waiting(f"waiting for the dataset examples of {plan.model.slug}")
     model, layers, store = plan.model, plan.layers, make_store(get_settings())
@@ -64,7 +74,7 @@ def text_views(session: Session, job: Job, progress: Progress) -> str:
         head = make_text_head(loaded)
     except NoTextHead as e:
         return f"no text-aligned head: {e}"
-    n_words = int(p.get("vocab_words", VOCAB_WORDS))
+    n_words = VOCAB_WORDS
     progress(0, 6, "head outputs over the dataset")
     ids, outputs = head_outputs(
         loaded,
@@ -193,7 +203,7 @@ def text_views(session: Session, job: Job, progress: Progress) -> str:
 
     # Last, as the slowest part: the families are committed before it starts.
     climbed = 0
-    climb_units = p.get("climb_units", CLIMB_UNITS)
+    climb_units = p.climb_units
     if head.kind == "clip" and climb_units != 0:
         session.commit()
         progress(5, 6, "hill-climbing token strings")
@@ -208,7 +218,7 @@ def text_views(session: Session, job: Job, progress: Progress) -> str:
             vocab_emb,
             params,
             units=climb_units,
-            candidates=int(p.get("climb_candidates", CLIMB_CANDIDATES)),
+            candidates=CLIMB_CANDIDATES,
         )
     climbs = f", {climbed} climbed" if climbed else ""
     return f"{int(vecs.shape[0])} units, {len(vocab)} strings{climbs}, {len(proposals)} families"
@@ -284,12 +294,13 @@ text_views_task = job_task(TASK_TEXT_VIEWS, text_views)
 def rendered_words(session: Session, job: Job, progress: Progress) -> str:
     """Dictionary words rendered as images and mined: each unit's top words after subtracting
     its mean over all words (the article's image-based word embedding)."""
-    from workers.ml.hooks import Layout
+    from contracts.layout import Layout
     from workers.ml.text.textfv import dictionary_words
     from workers.ml.text.words import top_words, word_activations
 
-    model = ready_model(session, job.params["model_id"])
-    dataset_id = job.params.get("dataset_id")
+    p = params_of(job, RenderedWordsParams)
+    model = ready_model(session, p.model_id)
+    dataset_id = p.dataset_id
     if dataset_id is not None and not _mining_done(session, model.id, dataset_id):
         # Not needed for the words, but a person waits for dataset examples first.
         raise Waiting(f"waiting for the dataset examples of {model.slug}")
@@ -300,10 +311,10 @@ def rendered_words(session: Session, job: Job, progress: Progress) -> str:
             .order_by(Layer.order)
         )
     )
-    words = dictionary_words(limit=int(job.params.get("words", 10000)))
+    words = dictionary_words(limit=p.words)
     session.commit()
     loaded = cached_model(model.spec, _device())
-    layouts = {x.module_path: Layout(**x.layout) for x in layers}
+    layouts = {x.module_path: Layout.from_dict(x.layout) for x in layers}
     chunks: dict[str, list[torch.Tensor]] = {p: [] for p in layouts}
     step = 256
     for start in range(0, len(words), step):

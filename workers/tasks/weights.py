@@ -9,12 +9,12 @@ import numpy as np
 from sqlalchemy import delete, or_, select
 from sqlalchemy.orm import Session
 
-from backend.celeryconf import TASK_WEIGHT_VIEWS
 from backend.config import get_settings
 from backend.db.models import Artifact, Job, Layer, Model
 from backend.storage import ObjectStore, make_store
+from contracts.jobs import TASK_WEIGHT_VIEWS, WeightViewsParams
 from workers.tasks.artifacts import publish, publish_json
-from workers.tasks.jobrun import Progress, job_task, ready_model
+from workers.tasks.jobrun import Progress, job_task, params_of, ready_model
 from workers.tasks.mining import _device, cached_model
 
 WEIGHTS_VERSION = 1
@@ -156,10 +156,11 @@ def weight_views(session: Session, job: Job, progress: Progress) -> str:
     """NMF-RGB images and SVD placements for the job's layers (no images needed)."""
     from workers.ml.weights import NoWeights, conv_order
 
-    model = ready_model(session, job.params["model_id"])
-    layers = weight_layers(session, model, job.params.get("layers", "default"))
+    p = params_of(job, WeightViewsParams)
+    model = ready_model(session, p.model_id)
+    layers = weight_layers(session, model, p.layers)
     if not layers:
-        raise ValueError(f"model {model.slug} has none of the layers {job.params.get('layers')}")
+        raise ValueError(f"model {model.slug} has none of the layers {p.layers}")
     store = make_store(get_settings())
     session.commit()
     loaded = cached_model(model.spec, _device())

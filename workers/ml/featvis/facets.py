@@ -14,9 +14,9 @@ from safetensors.torch import load_file, save_file
 from sklearn.linear_model import LogisticRegression
 from torch import nn
 
-from workers.ml.featvis.render import from_pil, frozen
-from workers.ml.featvis.transforms import input_hw, normalize
-from workers.ml.hooks import Layout, run_to, to_unit_maps
+from contracts.layout import Layout
+from workers.ml.featvis.transforms import from_pil, frozen, input_hw, normalize
+from workers.ml.hooks import run_to, to_unit_maps
 
 
 @dataclass

@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from workers.ml.hooks import Layout, to_unit_maps
+from contracts.layout import Layout
+from workers.ml.hooks import to_unit_maps
 
 NCHW = Layout("nchw")
 

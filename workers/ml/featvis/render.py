@@ -3,30 +3,30 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from PIL import Image
 from torch import nn
 
+from contracts.layout import Layout
 from workers.ml.featvis import objectives as obj
+from workers.ml.featvis.facets import FacetProbe
 from workers.ml.featvis.param import FourierImage
 from workers.ml.featvis.transforms import (
     TransformConfig,
+    from_pil,
+    frozen,
     input_hw,
     normalize,
     resize_to,
     sample_theta,
+    to_pil,
     warp,
 )
 from workers.ml.fold import fold_batchnorm
-from workers.ml.hooks import Layout, run_to, to_unit_maps
-
-if TYPE_CHECKING:
-    from workers.ml.featvis.facets import FacetProbe
+from workers.ml.hooks import run_to, to_unit_maps
 
 CODE_VERSION = "featvis-2"
 # The channel, diversity and negative objectives average each unit's 16 strongest positions
@@ -80,36 +80,6 @@ class RenderStep:
         """The current images, (N, 3, S, S) in [0, 1]."""
         with torch.no_grad():
             return self.param()
-
-
-@contextmanager
-def frozen(model: nn.Module, channels_last: bool = False) -> Iterator[nn.Module]:
-    """Eval mode, no parameter gradients (and optionally channels-last weights) for the duration.
-
-    The model's previous mode, flags and weight storage all come back on exit.
-    """
-    was_training = model.training
-    params = list(model.parameters())
-    flags = [p.requires_grad for p in params]
-    tensors = [*params, *model.buffers()]
-    storage = [t.data for t in tensors]
-    try:
-        model.eval()
-        for p in params:
-            # Only the image needs gradients: skipping weight gradients saves backward work.
-            p.requires_grad_(False)
-        if channels_last:
-            # oneDNN convolutions run faster on NHWC: measured 10-13% less per step on the CPU.
-            for t in tensors:
-                if t.dim() == 4:
-                    t.data = t.data.contiguous(memory_format=torch.channels_last)
-        yield model
-    finally:
-        for t, d in zip(tensors, storage, strict=True):
-            t.data = d
-        for p, flag in zip(params, flags, strict=True):
-            p.requires_grad_(flag)
-        model.train(was_training)
 
 
 def element_seeds(seed: int, unit: int, k: int = 0) -> tuple[int, np.random.Generator]:
@@ -184,18 +154,6 @@ def evaluate_units(
     idx = torch.as_tensor(list(units), device=maps.device)
     own = maps[torch.arange(len(idx), device=maps.device), idx].flatten(1)  # (N, h*w)
     return own.amax(dim=1), own.mean(dim=1)
-
-
-def to_pil(images: torch.Tensor) -> list[Image.Image]:
-    """(N, 3, H, W) in [0, 1] -> 8-bit RGB images."""
-    arr = (images.clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).cpu().numpy()  # NHWC
-    return [Image.fromarray(a) for a in arr]
-
-
-def from_pil(images: Sequence[Image.Image]) -> torch.Tensor:
-    """8-bit RGB images -> (N, 3, H, W) float in [0, 1]."""
-    arr = np.stack([np.asarray(im.convert("RGB"), dtype=np.float32) / 255 for im in images])
-    return torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous()  # (N, 3, H, W)
 
 
 def build_objective(

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from workers.ml.hooks import Layout
+from contracts.layout import Layout
 from workers.ml.models import LoadedModel
 
 TextEncoder = Callable[[Sequence[str]], torch.Tensor]  # texts -> (T, D) L2-normalised

@@ -14,7 +14,8 @@ from collections.abc import Iterable, Mapping
 
 import torch
 
-from workers.ml.hooks import Layout, capture
+from contracts.layout import Layout
+from workers.ml.hooks import capture
 from workers.ml.models import LoadedModel
 from workers.ml.text.heads import TextHead
 

@@ -10,7 +10,8 @@ import torch
 import torchvision.transforms.functional as TF
 from PIL import Image, ImageDraw, ImageFont
 
-from workers.ml.hooks import Layout, run_to, to_unit_maps
+from contracts.layout import Layout
+from workers.ml.hooks import run_to, to_unit_maps
 from workers.ml.models import LoadedModel
 
 FONT = Path("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf")  # Debian fonts-dejavu-core

@@ -1,0 +1,173 @@
+"""Jobs as the web process writes them and the workers read them: states, task names, and
+one typed parameter model per job kind.
+
+The backend builds a params model and stores ``model_dump(mode="json")`` in the job row;
+the task validates the row back into the same model, so a default lives in one place.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class JobState(StrEnum):
+    """Where a job is; the jobs table is the truth."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+FINISHED_STATES = (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED)
+IN_FLIGHT_STATES = (JobState.QUEUED, JobState.RUNNING)
+
+# "interactive" carries what a person asked for from a page, ahead of bulk work.
+QUEUES = ("interactive", "gpu", "cpu")
+
+# Task names: the web process sends these by name and never imports task code.
+TASK_REGISTER_MODEL = "microscope.register_model"
+TASK_IMPORT_DATASET = "microscope.import_dataset"
+TASK_MINE_EXAMPLES = "microscope.mine_examples"
+TASK_MINE_SHARD = "microscope.mine_examples_shard"
+TASK_FEATVIS = "microscope.featvis"
+TASK_FEATVIS_BULK = "microscope.featvis_bulk"
+TASK_TEXT_VIEWS = "microscope.text_views"
+TASK_RENDERED_WORDS = "microscope.rendered_words"
+TASK_TRAIN_FACET = "microscope.train_facet"
+TASK_WEIGHT_VIEWS = "microscope.weight_views"
+
+FEATVIS_OBJECTIVES = ("channel", "neuron", "negative", "diversity")
+Objective = Literal["channel", "neuron", "negative", "diversity"]
+DEFAULT_WORDS = 10000  # dictionary words rendered and mined per model
+DEFAULT_CLIMB_UNITS = 8  # CLIP units per default layer whose token strings are hill-climbed
+DEFAULT_FEATVIS_STEPS = 512
+# A layer selection: "default" (the model's default layers) or explicit layer names.
+LayerSelection = Literal["default"] | list[str]
+
+
+class JobParams(BaseModel):
+    """Base of every job's parameters: its kind and task name go with the class."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    kind: ClassVar[str]
+    task: ClassVar[str]
+
+    def to_row(self) -> dict[str, object]:
+        """The JSON stored in ``jobs.params`` (also what the job's dedupe key hashes)."""
+        return self.model_dump(mode="json")
+
+
+class RegisterModelParams(JobParams):
+    kind: ClassVar[str] = "register_model"
+    task: ClassVar[str] = TASK_REGISTER_MODEL
+    model_id: int
+    spec: str
+
+
+class ImportDatasetParams(JobParams):
+    kind: ClassVar[str] = "import_dataset"
+    task: ClassVar[str] = TASK_IMPORT_DATASET
+    dataset_id: int
+    source: str
+
+
+class MineExamplesParams(JobParams):
+    kind: ClassVar[str] = "mine_examples"
+    task: ClassVar[str] = TASK_MINE_EXAMPLES
+    model_id: int
+    dataset_id: int
+    layers: LayerSelection = "default"
+
+    @property
+    def layer_names(self) -> list[str] | None:
+        """Explicit layer names, or None for the model's default layers."""
+        return None if self.layers == "default" else list(self.layers)
+
+
+class MineShardParams(MineExamplesParams):
+    kind: ClassVar[str] = "mine_shard"
+    task: ClassVar[str] = TASK_MINE_SHARD
+    run_hash: str
+    shard: int = Field(ge=0)
+
+
+class TextViewsParams(JobParams):
+    kind: ClassVar[str] = "text_views"
+    task: ClassVar[str] = TASK_TEXT_VIEWS
+    model_id: int
+    dataset_id: int
+    climb_units: int | None = DEFAULT_CLIMB_UNITS  # None: every unit; 0: none
+
+
+class RenderedWordsParams(JobParams):
+    kind: ClassVar[str] = "rendered_words"
+    task: ClassVar[str] = TASK_RENDERED_WORDS
+    model_id: int
+    dataset_id: int | None = None
+    words: int = Field(default=DEFAULT_WORDS, ge=1)
+
+
+class FeatvisBulkParams(JobParams):
+    kind: ClassVar[str] = "featvis_bulk"
+    task: ClassVar[str] = TASK_FEATVIS_BULK
+    model_id: int
+    units_per_layer: int | None = None  # None: every unit of each default layer
+    after: list[int] = []  # on a CPU, jobs to let finish first (text views)
+
+
+class FeatvisParams(JobParams):
+    kind: ClassVar[str] = "featvis"
+    task: ClassVar[str] = TASK_FEATVIS
+    model_id: int
+    layer_id: int
+    units: tuple[int, int]  # [start, stop)
+    objective: Objective = "channel"
+    steps: int = Field(default=DEFAULT_FEATVIS_STEPS, ge=1)
+    facet: str | None = None  # the facet's artifact variant ("facet-<name>")
+    facet_probe: str | None = None  # the probe's params hash: a retrained facet renders again
+
+    def to_row(self) -> dict[str, object]:
+        """Unfaceted renders store no facet keys (their dedupe keys predate facets)."""
+        return self.model_dump(mode="json", exclude_none=True)
+
+
+class WeightViewsParams(JobParams):
+    kind: ClassVar[str] = "weight_views"
+    task: ClassVar[str] = TASK_WEIGHT_VIEWS
+    model_id: int
+    layers: LayerSelection = "default"
+
+
+class TrainFacetParams(JobParams):
+    kind: ClassVar[str] = "train_facet"
+    task: ClassVar[str] = TASK_TRAIN_FACET
+    model_id: int
+    name: str
+    dataset_id: int
+    generic_id: int
+    layer_id: int
+    dataset_checksums: list[str | None]
+
+
+PARAMS_OF_KIND: dict[str, type[JobParams]] = {
+    p.kind: p
+    for p in (
+        RegisterModelParams,
+        ImportDatasetParams,
+        MineExamplesParams,
+        MineShardParams,
+        TextViewsParams,
+        RenderedWordsParams,
+        FeatvisBulkParams,
+        FeatvisParams,
+        WeightViewsParams,
+        TrainFacetParams,
+    )
+}
+# job kind -> task name, used to send unfinished jobs again after a crash.
+TASKS = {kind: p.task for kind, p in PARAMS_OF_KIND.items()}
