@@ -1,4 +1,10 @@
-"""The ``microscope`` command line (typer + rich)."""
+"""The ``microscope`` command line (typer + rich).
+
+Commands import the database, Celery and the services inside their bodies: importing them all
+takes seconds (SQLAlchemy, Alembic, Celery), which ``--help`` and ``token`` need not wait for.
+Worker code (torch) is never imported here: it runs in a subprocess (``python -m
+workers.commands``, or a Celery worker).
+"""
 
 from __future__ import annotations
 
@@ -157,10 +163,10 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 def _wait_for_jobs(
     settings: Settings, job_ids: list[int], worker: subprocess.Popen[bytes] | None
 ) -> bool:
-    """Show progress bars until the jobs finish; True if all succeeded."""
-    from sqlalchemy import select
-
-    from backend.db.models import Job
+    """Show progress bars until the jobs and the jobs they queued in turn (shards, render
+    blocks) finish; True if all succeeded. Other people's jobs are not waited on."""
+    from backend.jobs.repository import JobRepository
+    from contracts.jobs import FINISHED_STATES, JobState
 
     bars: dict[int, TaskID] = {}
     with Progress(
@@ -173,24 +179,21 @@ def _wait_for_jobs(
     ) as prog:
         while True:
             with _session(settings) as s:
-                # The jobs asked for and every job they queued in turn (shards, render blocks).
-                jobs = list(s.scalars(select(Job).where(Job.id >= min(job_ids)).order_by(Job.id)))
+                jobs = JobRepository(s).with_spawned(job_ids)
                 states = []
                 for job in jobs:
-                    if job is None:
-                        continue
                     if job.id not in bars:
                         bars[job.id] = prog.add_task(f"#{job.id} {job.kind}", total=None, state="")
                     total = job.progress_total or None
                     done = (
                         job.progress_total
-                        if job.state == "succeeded" and total
+                        if job.state == JobState.SUCCEEDED and total
                         else job.progress_done
                     )
                     prog.update(bars[job.id], total=total, completed=done, state=job.state)
                     states.append(job.state)
-            if all(st in ("succeeded", "failed", "cancelled") for st in states):
-                return all(st == "succeeded" for st in states)
+            if all(st in FINISHED_STATES for st in states):
+                return all(st == JobState.SUCCEEDED for st in states)
             if worker is not None and worker.poll() is not None:
                 err.print(f"[red]the worker exited with code {worker.returncode}[/]")
                 return False
@@ -229,7 +232,7 @@ def up(
     from backend.precompute import queue_precompute
     from contracts.jobs import TASKS
 
-    gpu = _default_featvis_units(s) is None
+    gpu = _gpu_present(s)
     if featvis_units is None:
         featvis_units = None if gpu else 4
     if words is None:
@@ -271,7 +274,7 @@ def up(
         )
         if not serve_:
             ok = _wait_for_jobs(s, job_ids, proc)
-            _print_jobs(s)
+            _print_jobs(s, followed=job_ids)
             raise typer.Exit(0 if ok else 1)
         import uvicorn
 
@@ -286,18 +289,16 @@ def up(
         _stop(proc)
 
 
-def _default_featvis_units(settings: Settings) -> int | None:
-    """All units when a GPU renders them; a few per layer on a CPU (each takes seconds).
+def _gpu_present(settings: Settings) -> bool:
+    """Whether the worker will render on a GPU (all units) or a CPU (a few, seconds each).
 
     Looks for the NVIDIA driver rather than importing torch into this process.
     """
     if settings.device.startswith("cuda"):
-        return None
-    if settings.device == "auto" and (
+        return True
+    return settings.device == "auto" and bool(
         Path("/proc/driver/nvidia/version").exists() or shutil.which("nvidia-smi")
-    ):
-        return None
-    return 4
+    )
 
 
 def _worker_command(*args: str) -> Iterator[dict[str, Any]]:
@@ -436,12 +437,18 @@ def models_inspect(
     console.print(t)
 
 
-def _print_jobs(settings: Settings, state: str | None = None) -> None:
+def _print_jobs(
+    settings: Settings, state: str | None = None, followed: list[int] | None = None
+) -> None:
+    """A table of the latest jobs (in ``state``), or of the ``followed`` jobs and those they
+    queued in turn."""
     from backend.jobs.repository import JobRepository
     from backend.jobs.schemas import job_out
 
     with _session(settings) as session:
-        jobs = [job_out(j) for j in JobRepository(session).list(state=state, limit=100)]
+        repo = JobRepository(session)
+        rows = repo.with_spawned(followed) if followed else repo.list(state=state, limit=100)
+        jobs = [job_out(j) for j in rows]
     t = Table("#", "kind", "state", "progress", "attempts", "message")
     for j in jobs:
         t.add_row(

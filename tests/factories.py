@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import io
+import uuid
 from datetime import UTC, datetime
 
 import numpy as np
 from sqlalchemy import insert
 from sqlalchemy.orm import Session
 
-from backend.db.models import Artifact, Layer, Model, Unit
+from backend.db.models import Artifact, Dataset, Job, Layer, Model, Unit
 from backend.storage import ObjectStore, artifact_key, params_hash
 
 
@@ -29,6 +30,37 @@ def make_model(session: Session, slug: str = "tiny", *, state: str = "ready") ->
     session.add(m)
     session.flush()
     return m
+
+
+def make_dataset(session: Session, slug: str = "photos") -> Dataset:
+    ds = Dataset(slug=slug, source=f"/data/{slug}", state="ready", image_count=4)
+    session.add(ds)
+    session.flush()
+    return ds
+
+
+def make_job(
+    session: Session,
+    kind: str,
+    *,
+    state: str = "queued",
+    queue: str = "gpu",
+    model: Model | None = None,
+    dataset: Dataset | None = None,
+) -> Job:
+    """A job row as its enqueuer leaves it (nothing is sent to a broker)."""
+    job = Job(
+        kind=kind,
+        dedupe_key=f"{kind}:{uuid.uuid4().hex}",
+        params={},
+        queue=queue,
+        state=state,
+        model_id=model.id if model else None,
+        dataset_id=dataset.id if dataset else None,
+    )
+    session.add(job)
+    session.flush()
+    return job
 
 
 def make_layer(

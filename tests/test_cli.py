@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from sqlalchemy import select
 from typer.testing import CliRunner
 
 from backend.cli import app
@@ -61,3 +62,41 @@ def test_inspect_reports_an_unreachable_hub_clearly(settings) -> None:
     )
     assert out.returncode == 2
     assert "local checkpoint" in out.stderr or "safetensors" in out.stderr
+
+
+def test_up_waits_on_its_jobs_and_what_they_queued_not_on_later_strangers(
+    settings, session, monkeypatch, capsys
+) -> None:
+    """`up --no-serve` follows the jobs it queued and their shards and render blocks; a job
+    someone queued later for another model is neither waited on nor reported."""
+    from backend import cli
+    from backend.db.models import Job
+    from tests.factories import make_dataset, make_job, make_model
+
+    m, other = make_model(session, "mine"), make_model(session, "theirs")
+    ds = make_dataset(session)
+    imported = make_job(session, "import_dataset", state="succeeded", queue="cpu", dataset=ds)
+    mine = make_job(session, "mine_examples", state="succeeded", model=m, dataset=ds)
+    bulk = make_job(session, "featvis_bulk", state="succeeded", queue="cpu", model=m)
+    shard = make_job(session, "mine_shard", state="running", model=m, dataset=ds)
+    block = make_job(session, "featvis", model=m)
+    stranger = make_job(session, "register_model", model=other)  # never runs here
+    session.commit()
+
+    rounds: list[int] = []
+
+    def sleep(_seconds: float) -> None:  # the worker finishes the spawned jobs meanwhile
+        rounds.append(1)
+        if len(rounds) > 3:
+            raise AssertionError("up is still waiting after its own jobs finished")
+        for job in session.scalars(select(Job).where(Job.id.in_([shard.id, block.id]))):
+            job.state = "succeeded"
+        session.commit()
+
+    monkeypatch.setattr(cli.time, "sleep", sleep)
+    assert cli._wait_for_jobs(settings, [imported.id, mine.id, bulk.id], None) is True
+    assert len(rounds) == 1  # it did wait for the shard and the render block
+    cli._print_jobs(settings, followed=[imported.id, mine.id, bulk.id])
+    out = capsys.readouterr().out
+    assert f"#{shard.id} mine_shard" in out and f"#{block.id} featvis" in out
+    assert f"#{stranger.id}" not in out and "register_model" not in out

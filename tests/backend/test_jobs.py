@@ -77,3 +77,24 @@ def test_failed_jobs_can_be_retried_by_an_admin(client, session, admin, empty_qu
     assert queued_messages() == 1
     page = client.get("/jobs", headers={"Accept": "text/html"}).text
     assert "register model" in page
+
+
+def test_with_spawned_follows_a_run_and_what_it_queued_only(session) -> None:
+    from backend.jobs.repository import JobRepository
+    from tests.factories import make_dataset, make_job, make_model
+
+    m, other = make_model(session, "mine"), make_model(session, "theirs")
+    ds = make_dataset(session)
+    early_block = make_job(session, "featvis", model=m)  # before the bulk job: not its own
+    mine = make_job(session, "mine_examples", state="succeeded", model=m, dataset=ds)
+    bulk = make_job(session, "featvis_bulk", state="succeeded", queue="cpu", model=m)
+    shard = make_job(session, "mine_shard", state="running", model=m, dataset=ds)
+    block = make_job(session, "featvis", model=m)
+    asked = make_job(session, "featvis", queue="interactive", model=m)  # from a unit page
+    theirs = make_job(session, "mine_shard", model=other, dataset=ds)
+    later = make_job(session, "register_model", model=other)
+
+    followed = JobRepository(session).with_spawned([mine.id, bulk.id])
+
+    assert [j.id for j in followed] == [mine.id, bulk.id, shard.id, block.id]
+    assert not {early_block.id, asked.id, theirs.id, later.id} & {j.id for j in followed}
