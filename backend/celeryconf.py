@@ -10,7 +10,8 @@ from contracts.jobs import QUEUES
 
 
 def make_celery(settings: Settings, *, name: str = "microscope") -> Celery:
-    """A Celery app bound to the configured broker, with a GPU and a CPU queue."""
+    """A Celery app bound to the configured broker, with the interactive, gpu and cpu queues
+    (``contracts.jobs.QUEUES``)."""
     if settings.embedded_broker:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
     app = Celery(name, broker=settings.broker_url)

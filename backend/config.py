@@ -66,10 +66,6 @@ class Settings(BaseSettings):
     def embedded_broker(self) -> bool:
         return self.broker_url.startswith("sqla+")
 
-    def resolved_device(self) -> str:
-        """The device name; 'auto' is resolved by the worker (cuda when present)."""
-        return self.device
-
 
 @lru_cache
 def get_settings() -> Settings:

@@ -1,4 +1,4 @@
-"""FastAPI dependency aliases: settings, a per-request session, the admin check."""
+"""FastAPI dependencies: a per-request session, the admin token and its checks."""
 
 from __future__ import annotations
 
@@ -14,13 +14,6 @@ from sqlalchemy.orm import Session
 from backend.config import Settings
 from backend.db.session import POOL_CAPACITY, get_sessionmaker
 from backend.errors import Unauthorized
-
-
-def settings_dep(request: Request) -> Settings:
-    return request.app.state.settings  # type: ignore[no-any-return]
-
-
-SettingsDep = Annotated[Settings, Depends(settings_dep)]
 
 
 def get_db(request: Request) -> Iterator[Session]:

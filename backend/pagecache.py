@@ -60,7 +60,6 @@ class PageCache:
         self._db_version: int | None = None
         self._checked_at = -1.0
         self._checked_local = -1
-        self.hits = self.misses = 0
 
     def version(self) -> tuple[int, int] | None:
         """(database version, this process's commits); None: do not cache now."""
@@ -106,11 +105,9 @@ class PageCache:
         key = (scope["path"], scope.get("query_string", b""), headers.get("hx-request", ""))
         hit = self.entries.get(key)
         if hit is not None and hit.version == version:
-            self.hits += 1
             self.entries.move_to_end(key)
             await self._replay(hit, headers.get("if-none-match"), send)
             return
-        self.misses += 1
         start: Message | None = None
         chunks: list[bytes] = []
         keep = True

@@ -9,7 +9,7 @@ from backend.storage.base import (
     params_hash,
     validate_key,
 )
-from backend.storage.factory import get_store, make_store
+from backend.storage.factory import make_store
 
 __all__ = [
     "InvalidKey",
@@ -17,7 +17,6 @@ __all__ = [
     "ObjectInfo",
     "ObjectStore",
     "artifact_key",
-    "get_store",
     "make_store",
     "params_hash",
     "validate_key",

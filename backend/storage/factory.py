@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from functools import lru_cache
 from pathlib import Path
 from urllib.parse import urlparse
 
-from backend.config import Settings, get_settings
+from backend.config import Settings
 from backend.storage.base import ObjectStore
 
 
@@ -30,13 +29,3 @@ def make_store(settings: Settings) -> ObjectStore:
             region=settings.s3_region,
         )
     raise ValueError(f"unsupported MICROSCOPE_STORAGE_URL scheme {parsed.scheme!r}")
-
-
-@lru_cache
-def _cached(url: str) -> ObjectStore:
-    return make_store(get_settings())
-
-
-def get_store() -> ObjectStore:
-    """The process-wide store for the current settings."""
-    return _cached(get_settings().storage_url)
