@@ -24,13 +24,17 @@ from backend.db.version import read_version
 from backend.deps import admin_token
 from backend.errors import MicroscopeError
 from backend.etag import ETagMiddleware
+from backend.families import actions as families_actions
 from backend.families import api as families_api
 from backend.families import pages as families_pages
+from backend.jobs import actions as jobs_actions
 from backend.jobs import api as jobs_api
 from backend.jobs import pages as jobs_pages
 from backend.pagecache import PageCache
 from backend.storage import make_store
 from backend.templating import FRONTEND, templates
+from backend.unitpage import actions as unitpage_actions
+from backend.unitpage import pages as unitpage_pages
 
 DESCRIPTION = """
 Browse the units of vision models: dataset examples, feature visualizations, text views.
@@ -138,14 +142,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app.mount("/static", StaticFiles(directory=FRONTEND / "static"), name="static")
     app.include_router(catalog_api.router)
-    app.include_router(catalog_actions.api)
     app.include_router(datasets_api.router)
     app.include_router(jobs_api.router)
     app.include_router(families_api.router)
     app.include_router(objects.router)
     app.include_router(catalog_actions.router)
+    app.include_router(jobs_actions.router)
+    app.include_router(families_actions.router)
+    app.include_router(unitpage_actions.router)
     app.include_router(jobs_pages.router)
     app.include_router(families_pages.router)
+    # The unit page before the catalog's pages: the layer page's {layer:path} matches it too.
+    app.include_router(unitpage_pages.router)
     app.include_router(catalog_pages.router)
 
     @app.get("/healthz", include_in_schema=False)

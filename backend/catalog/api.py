@@ -1,4 +1,4 @@
-"""JSON API for models, layers and units."""
+"""JSON API for models, layers and units, and the jobs that compute their views."""
 
 from __future__ import annotations
 
@@ -8,11 +8,29 @@ from fastapi import APIRouter, Query, status
 
 from backend import urls
 from backend.catalog import service
+from backend.catalog.facets import list_facets
 from backend.catalog.repository import CatalogRepository
-from backend.catalog.schemas import LayerOut, ModelCreate, ModelOut, Page, UnitOut
+from backend.catalog.schemas import (
+    ExamplesRequest,
+    FacetCreate,
+    FacetOut,
+    LayerOut,
+    ModelCreate,
+    ModelCreated,
+    ModelOut,
+    UnitOut,
+    WeightsRequest,
+)
+from backend.datasets.service import get_dataset
 from backend.deps import AdminDep, SessionDep
-from backend.jobs.schemas import job_out
-from backend.precompute import request_weight_views
+from backend.jobs.schemas import JobOut, job_out
+from backend.precompute import (
+    request_examples,
+    request_facet,
+    request_featvis,
+    request_weight_views,
+)
+from backend.schemas import Page
 
 router = APIRouter(prefix=urls.API, tags=["models"])
 
@@ -25,16 +43,17 @@ def list_models(session: SessionDep) -> list[ModelOut]:
 
 @router.post(
     "/models",
+    response_model=ModelCreated,
     status_code=status.HTTP_202_ACCEPTED,
     dependencies=[AdminDep],
 )
-def add_model(body: ModelCreate, session: SessionDep) -> dict[str, Any]:
+def add_model(body: ModelCreate, session: SessionDep) -> ModelCreated:
     """Register a model from a spec; the registration runs as a job, and its weight views
     (they need no images) are queued to follow it."""
     model, job = service.add_model(session, body.spec, body.slug)
     request_weight_views(session, model)
     session.flush()
-    return {"model": service.model_out(model).model_dump(), "job": job_out(job).model_dump()}
+    return ModelCreated(model=service.model_out(model), job=job_out(job))
 
 
 @router.get("/models/{model}", response_model=ModelOut)
@@ -86,3 +105,71 @@ def get_layer(model: str, layer: str, session: SessionDep) -> LayerOut:
     """One layer."""
     m = service.get_model(session, model)
     return service.layer_out(m, service.get_layer(session, m, layer))
+
+
+@router.post(
+    "/models/{model}/layers/{layer:path}/units/{unit:int}/featvis",
+    response_model=JobOut,
+    status_code=status.HTTP_202_ACCEPTED,
+    dependencies=[AdminDep],
+)
+def render_unit(
+    model: str,
+    layer: str,
+    unit: int,
+    session: SessionDep,
+    objective: str = Query("channel", description="channel, neuron, negative or diversity"),
+    facet: str | None = Query(None, description="a trained facet's name: steer the render"),
+) -> JobOut:
+    """Render a unit's feature visualization now (ahead of bulk work); returns the job."""
+    m, lyr, _ = service.resolve_unit(session, model, layer, unit)
+    return job_out(request_featvis(session, m, lyr, unit, objective, facet))
+
+
+@router.post(
+    "/models/{model}/examples",
+    response_model=JobOut,
+    status_code=status.HTTP_202_ACCEPTED,
+    dependencies=[AdminDep],
+)
+def mine_examples(model: str, body: ExamplesRequest, session: SessionDep) -> JobOut:
+    """Mine dataset examples for chosen layers (default layers if none), as a job (admin).
+
+    Unknown layers and empty datasets are refused before any work starts."""
+    m = service.get_model(session, model)
+    ds = get_dataset(session, body.dataset)
+    return job_out(request_examples(session, m, ds, body.layers))
+
+
+@router.post(
+    "/models/{model}/weights",
+    response_model=JobOut,
+    status_code=status.HTTP_202_ACCEPTED,
+    dependencies=[AdminDep],
+)
+def weight_views(model: str, session: SessionDep, body: WeightsRequest | None = None) -> JobOut:
+    """Compute weight views (NMF-RGB per unit, SVD placement per layer) for chosen layers
+    (default: the default layers and the stem), as a job (admin). No images are needed."""
+    m = service.get_model(session, model)
+    layers = body.layers if body is not None else None
+    return job_out(request_weight_views(session, m, layers))
+
+
+@router.post(
+    "/models/{model}/facets",
+    response_model=JobOut,
+    status_code=status.HTTP_202_ACCEPTED,
+    dependencies=[AdminDep],
+)
+def train_facet(model: str, body: FacetCreate, session: SessionDep) -> JobOut:
+    """Train a facet: a linear probe telling a dataset's images from generic ones on a lower
+    layer (default: the middle default layer), stored and reused by renders (admin)."""
+    m = service.get_model(session, model)
+    facet, generic = get_dataset(session, body.dataset), get_dataset(session, body.generic)
+    return job_out(request_facet(session, m, body.name, facet, generic, body.layer))
+
+
+@router.get("/models/{model}/facets", response_model=list[FacetOut])
+def get_facets(model: str, session: SessionDep) -> list[FacetOut]:
+    """The model's trained facets: name, probe layer, training accuracy, probe file."""
+    return list_facets(session, service.get_model(session, model))

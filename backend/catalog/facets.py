@@ -2,30 +2,14 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel
 from sqlalchemy.orm import Session
 
 from backend import urls
 from backend.catalog.repository import CatalogRepository
+from backend.catalog.schemas import FacetOut
 from backend.db.models import Artifact, Layer, Model
 from backend.errors import InvalidInput, NotFoundError, NotReady
 from contracts.spec import slugify
-
-
-class FacetCreate(BaseModel):
-    name: str
-    dataset: str
-    generic: str
-    layer: str | None = None
-
-
-class FacetOut(BaseModel):
-    name: str
-    layer: str | None
-    accuracy: float | None
-    n_facet: int | None
-    n_generic: int | None
-    url: str
 
 
 def facet_name(name: str) -> str:
@@ -49,6 +33,7 @@ def facet_out(a: Artifact) -> FacetOut:
 
 
 def list_facets(session: Session, model: Model) -> list[FacetOut]:
+    """The model's trained facets, by name."""
     return [facet_out(a) for a in CatalogRepository(session).facet_probes(model.id)]
 
 

@@ -1,4 +1,5 @@
-"""HTML pages: models -> layers -> unit grid -> unit."""
+"""HTML pages: models -> layers -> unit grid (the unit page, which also shows the unit's
+families, is composed in backend/unitpage/)."""
 
 from __future__ import annotations
 
@@ -13,21 +14,13 @@ from backend.catalog import service
 from backend.catalog.facets import list_facets
 from backend.catalog.repository import CatalogRepository
 from backend.catalog.schemas import LayerOut
-from backend.catalog.views import (
-    VIEW_TITLES,
-    examples_view,
-    group_views,
-    text_view,
-    weights_view,
-)
 from backend.datasets.service import list_datasets
 from backend.db.models import Model
 from backend.deps import SessionDep, is_admin
-from backend.families.service import list_families, unit_families
 from backend.jobs.repository import JobRepository
 from backend.jobs.schemas import job_out
 from backend.templating import is_htmx, templates
-from contracts.jobs import JobState
+from contracts.jobs import IN_FLIGHT_STATES
 
 router = APIRouter(include_in_schema=False)
 
@@ -37,11 +30,10 @@ GRID_PAGE = 96
 @router.get("/", response_class=HTMLResponse)
 def home(request: Request, session: SessionDep) -> HTMLResponse:
     models = service.list_models(session)
-    running = JobRepository(session).count(state=JobState.RUNNING) + JobRepository(session).count(
-        state=JobState.QUEUED
-    )
+    repo = JobRepository(session)
+    in_flight = sum(repo.count(state=state) for state in IN_FLIGHT_STATES)
     return templates.TemplateResponse(
-        request, "home.html", {"models": models, "jobs_in_flight": running}
+        request, "home.html", {"models": models, "jobs_in_flight": in_flight}
     )
 
 
@@ -140,80 +132,6 @@ def layer_diagram(layers: list[LayerOut]) -> dict[str, Any]:
         "height": 8 + tall + 12 + 60,
         "mid": 8 + (tall + 12) / 2,
         "label_y": 8 + tall + 12 + 14,
-    }
-
-
-@router.get("/models/{model}/{layer:path}/{unit:int}", response_class=HTMLResponse)
-def unit_page(
-    request: Request,
-    model: str,
-    layer: str,
-    unit: int,
-    session: SessionDep,
-    view: str | None = Query(None, description="which tab opens"),
-    job_id: int | None = Query(None, alias="job", description="a job to follow live"),
-) -> HTMLResponse:
-    ctx = unit_context(request, session, model, layer, unit, view=view, job_id=job_id)
-    return templates.TemplateResponse(request, "unit.html", ctx)
-
-
-NO_WEIGHT_VIEWS = ("linear", "head", "mlp")  # layer kinds with no convolution kernels
-
-
-def unit_context(
-    request: Request,
-    session: Session,
-    model: str,
-    layer: str,
-    unit: int,
-    *,
-    view: str | None = None,
-    job_id: int | None = None,
-) -> dict[str, Any]:
-    """What unit.html shows (also re-rendered by the admin's label and family edits)."""
-    v = service.unit_view(session, model, layer, unit)
-    card = next(iter(v.by_kind.pop("neuron_card", [])), None)
-    public = request.app.state.settings.public_url.rstrip("/")
-    views = group_views(v.by_kind)
-    computable = ("featvis", "examples") + (
-        ("weights",) if v.layer.kind not in NO_WEIGHT_VIEWS else ()
-    )
-    missing = [x for x in computable if x not in views]
-    for x in missing:  # a tab for each missing view, with a way to compute it
-        views[x] = {}
-    active = view if view in views else next((x for x in views if views[x]), "featvis")
-    job = None
-    if job_id is not None:
-        found = JobRepository(session).get(job_id)
-        job = job_out(found) if found is not None else None
-    examples = text = weights = None
-    if active == "weights":
-        weights = weights_view(request.app.state.store, views["weights"], unit, v.out.url)
-    if active == "examples":
-        examples = examples_view(session, request.app.state.store, views["examples"])
-    if active == "text":
-        text = text_view(request.app.state.store, views["text"])
-    admin = is_admin(request)
-    return {
-        "model": service.model_out(v.model),
-        "layer": service.layer_out(v.model, v.layer),
-        "unit": v.out,
-        "views": views,
-        "titles": VIEW_TITLES,
-        "active": active,
-        "examples": examples,
-        "text": text,
-        "weights": weights,
-        "heatmap": request.query_params.get("heatmap") == "1",
-        "families": unit_families(session, v.unit),
-        "all_families": list_families(session) if admin else [],
-        "missing": missing,
-        "job": job,
-        "admin": admin,
-        # Trained facets the admin's render form offers (the query only runs for an admin).
-        "facets": [f.name for f in list_facets(session, v.model)] if admin else [],
-        "card_url": f"{public}{card.url}" if card else None,
-        "page_url": f"{public}{v.out.url}",
     }
 
 

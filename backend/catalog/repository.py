@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -20,9 +20,6 @@ class CatalogRepository:
 
     def get_model(self, slug: str) -> Model | None:
         return self.session.scalar(select(Model).where(Model.slug == slug))
-
-    def get_model_by_id(self, model_id: int) -> Model | None:
-        return self.session.get(Model, model_id)
 
     def add(self, obj: object) -> None:
         self.session.add(obj)
@@ -91,6 +88,21 @@ class CatalogRepository:
             select(Unit).where(Unit.layer_id == layer_id, Unit.index == index)
         )
 
+    def units_by_label(
+        self, text: str, *, model_slug: str | None = None, limit: int = 60
+    ) -> list[tuple[Model, Layer, Unit]]:
+        """Units whose label contains ``text`` (case-insensitive), most confident first."""
+        q = (
+            select(Model, Layer, Unit)
+            .join(Layer, Layer.id == Unit.layer_id)
+            .join(Model, Model.id == Layer.model_id)
+            .where(func.lower(Unit.label).contains(text.lower()))
+        )
+        if model_slug:
+            q = q.where(Model.slug == model_slug)
+        rows = self.session.execute(q.order_by(Unit.label_confidence.desc(), Unit.id).limit(limit))
+        return [(m, layer, u) for m, layer, u in rows.all()]
+
     # artifacts
     def unit_artifacts(self, layer_id: int, index: int) -> Sequence[Artifact]:
         return self.session.scalars(
@@ -139,3 +151,37 @@ class CatalogRepository:
             )
         ).all()
         return {u: key for u, key in rows if u is not None}
+
+    def unit_thumbnail_keys(
+        self, pairs: Collection[tuple[int, int]]
+    ) -> dict[tuple[int, int], str]:
+        """(layer id, unit index) -> storage key of the unit's card thumbnail, for units of
+        any layers: its feature visualization where there is one, else its top example."""
+        if not pairs:
+            return {}
+        rows = self.session.execute(
+            select(Artifact.layer_id, Artifact.unit_index, Artifact.kind, Artifact.storage_key)
+            .where(
+                Artifact.layer_id.in_({lid for lid, _ in pairs}),
+                Artifact.unit_index.in_({u for _, u in pairs}),
+                ((Artifact.kind == "featvis") & (Artifact.variant == "channel"))
+                | ((Artifact.kind == "example_crop") & (Artifact.variant == "thumb")),
+            )
+        ).all()
+        out: dict[tuple[int, int], str] = {}
+        for lid, u, _kind, key in sorted(rows, key=lambda r: r[2] != "featvis"):
+            if lid is not None and u is not None:
+                out.setdefault((lid, u), key)
+        return out
+
+    def search_index_keys(self, model_slug: str | None = None) -> list[tuple[Model, str]]:
+        """(model, storage key) of each model's search index, or only ``model_slug``'s."""
+        q = (
+            select(Model, Artifact.storage_key)
+            .join(Artifact, Artifact.model_id == Model.id)
+            .where(Artifact.kind == "search_index", Artifact.layer_id.is_(None))
+            .order_by(Model.slug)
+        )
+        if model_slug:
+            q = q.where(Model.slug == model_slug)
+        return [(m, key) for m, key in self.session.execute(q).all()]

@@ -1,21 +1,14 @@
-"""API shapes for models, layers, units and artifacts."""
+"""API shapes of the catalog: models, layers, units, artifacts, facets, and the
+requests that queue their views."""
 
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Generic, TypeVar
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-T = TypeVar("T")
-
-
-class Page(BaseModel, Generic[T]):
-    items: list[T]
-    total: int
-    offset: int
-    limit: int
-    next: str | None = Field(None, description="URL of the next page, if any")
+from backend.jobs.schemas import JobOut
 
 
 class ModelOut(BaseModel):
@@ -126,7 +119,33 @@ class UnitOut(BaseModel):
     artifacts: list[ArtifactOut] = []
 
 
-class ErrorOut(BaseModel):
-    error: str
-    detail: str
-    status: int
+class ModelCreated(BaseModel):
+    """A model recorded for registration, and the job that registers it."""
+
+    model: ModelOut
+    job: JobOut
+
+
+class ExamplesRequest(BaseModel):
+    dataset: str
+    layers: list[str] | None = None
+
+
+class WeightsRequest(BaseModel):
+    layers: list[str] | None = None
+
+
+class FacetCreate(BaseModel):
+    name: str
+    dataset: str
+    generic: str
+    layer: str | None = None
+
+
+class FacetOut(BaseModel):
+    name: str
+    layer: str | None
+    accuracy: float | None
+    n_facet: int | None
+    n_generic: int | None
+    url: str

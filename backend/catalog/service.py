@@ -1,4 +1,4 @@
-"""Catalog logic: registering models and reading models, layers and units."""
+"""Catalog logic: registering models, reading models, layers and units, labelling units."""
 
 from __future__ import annotations
 
@@ -171,6 +171,18 @@ def resolve_unit(
     model = get_model(session, model_slug)
     layer = get_layer(session, model, layer_name)
     return model, layer, get_unit(session, layer, index)
+
+
+def set_label(
+    session: Session, model_slug: str, layer_name: str, index: int, label: str | None
+) -> Unit:
+    """Set a unit's label by hand (an empty one clears it); it becomes searchable."""
+    _, _, unit = resolve_unit(session, model_slug, layer_name, index)
+    unit.label = label.strip() if label and label.strip() else None
+    unit.label_source = "admin" if unit.label else None
+    unit.label_confidence = 1.0 if unit.label else None
+    session.flush()
+    return unit
 
 
 def unit_view(session: Session, model_slug: str, layer_name: str, index: int) -> UnitView:

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from fastapi import APIRouter, status
 
 from backend import urls
 from backend.datasets import service
-from backend.datasets.service import DatasetCreate, DatasetOut
+from backend.datasets.schemas import DatasetCreate, DatasetCreated, DatasetOut
 from backend.deps import AdminDep, SessionDep
 from backend.jobs.schemas import job_out
 
@@ -27,8 +25,13 @@ def get_dataset(slug: str, session: SessionDep) -> DatasetOut:
     return service.dataset_out(service.get_dataset(session, slug))
 
 
-@router.post("/datasets", status_code=status.HTTP_202_ACCEPTED, dependencies=[AdminDep])
-def add_dataset(body: DatasetCreate, session: SessionDep) -> dict[str, Any]:
+@router.post(
+    "/datasets",
+    response_model=DatasetCreated,
+    status_code=status.HTTP_202_ACCEPTED,
+    dependencies=[AdminDep],
+)
+def add_dataset(body: DatasetCreate, session: SessionDep) -> DatasetCreated:
     """Import an image folder (on the workers' file system) as a dataset."""
     ds, job = service.add_dataset(session, body.path, body.slug)
-    return {"dataset": service.dataset_out(ds).model_dump(), "job": job_out(job).model_dump()}
+    return DatasetCreated(dataset=service.dataset_out(ds), job=job_out(job))

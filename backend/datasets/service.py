@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from pydantic import BaseModel
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from backend.datasets.repository import DatasetRepository
+from backend.datasets.schemas import DatasetOut
 from backend.db.models import Dataset, Job
 from backend.errors import InvalidInput, NotFoundError
 from backend.jobs.service import enqueue_job
@@ -16,28 +16,12 @@ from contracts.jobs import ImportDatasetParams
 from contracts.spec import slugify
 
 
-class DatasetOut(BaseModel):
-    slug: str
-    source: str
-    image_count: int
-    skipped_count: int
-    skipped: dict[str, int] | None
-    checksum: str | None
-    state: str
-    error: str | None
-
-
-class DatasetCreate(BaseModel):
-    path: str
-    slug: str | None = None
-
-
 def list_datasets(session: Session) -> Sequence[Dataset]:
-    return session.scalars(select(Dataset).order_by(Dataset.id)).all()
+    return DatasetRepository(session).list_datasets()
 
 
 def get_dataset(session: Session, slug: str) -> Dataset:
-    ds = session.scalar(select(Dataset).where(Dataset.slug == slug))
+    ds = DatasetRepository(session).get(slug)
     if ds is None:
         raise NotFoundError("dataset", slug)
     return ds
@@ -49,11 +33,10 @@ def add_dataset(session: Session, path: str, slug: str | None = None) -> tuple[D
     if not folder.is_dir():
         raise InvalidInput(f"dataset folder {str(folder)!r} does not exist or is not a folder")
     slug = slugify(slug or folder.name) or "dataset"
-    ds = session.scalar(select(Dataset).where(Dataset.slug == slug))
+    repo = DatasetRepository(session)
+    ds = repo.get(slug)
     if ds is None:
-        ds = Dataset(slug=slug, source=str(folder), state="pending")
-        session.add(ds)
-        session.flush()
+        ds = repo.add(Dataset(slug=slug, source=str(folder), state="pending"))
     elif ds.source != str(folder):
         raise InvalidInput(f"dataset slug {slug!r} already names {ds.source}")
     job = enqueue_job(

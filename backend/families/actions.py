@@ -1,42 +1,23 @@
-"""Browser edits of families and labels by a signed-in admin.
-
-Each form posts plainly (then a 303 redirect to the page it changed) or through htmx (then
-the changed fragment comes back in place). Writes go through the same service functions as
-the JSON API. Bad input is answered with the form again and its error (422), never a 500;
-the failed write is rolled back first so nothing half-done is committed at the edge.
+"""Browser edits of families by a signed-in admin, on the families' pages (answered as
+``backend.forms`` describes; writes go through the same service functions as the JSON API).
 """
 
 from __future__ import annotations
 
-from typing import Any, TypeVar
-from urllib.parse import urlencode
+from typing import Any
 
 from fastapi import APIRouter, Depends, Form, Request
 from fastapi.responses import RedirectResponse, Response
-from pydantic import BaseModel, ValidationError
 from sqlalchemy.orm import Session
 
-from backend import urls
-from backend.catalog.pages import unit_context
 from backend.deps import SessionDep, require_admin
 from backend.errors import InvalidInput, MicroscopeError
 from backend.families import service
-from backend.families.service import FamilyCreate, FamilyUpdate, MemberRef
-from backend.templating import is_htmx, templates
+from backend.families.schemas import FamilyCreate, FamilyUpdate, MemberRef
+from backend.forms import answer, failed, validated
+from backend.templating import is_htmx
 
 router = APIRouter(include_in_schema=False, dependencies=[Depends(require_admin)])
-
-M = TypeVar("M", bound=BaseModel)
-
-
-def _validated(cls: type[M], **fields: Any) -> M:
-    """``cls(**fields)``, with pydantic's complaints as a readable InvalidInput."""
-    try:
-        return cls(**fields)
-    except ValidationError as e:
-        raise InvalidInput(
-            "; ".join(f"{'.'.join(map(str, x['loc']))}: {x['msg']}" for x in e.errors())
-        ) from e
 
 
 def member_ref(model: str, layer: str, unit: str, note: str = "") -> MemberRef:
@@ -47,36 +28,12 @@ def member_ref(model: str, layer: str, unit: str, note: str = "") -> MemberRef:
     if not unit.isdigit():
         raise InvalidInput(f"the unit index must be a whole number ≥ 0, not {unit!r}")
     note_ = note.strip() or None
-    return _validated(MemberRef, model=model, layer=layer, unit=int(unit), note=note_)
-
-
-def _answer(
-    request: Request,
-    *,
-    page: str,
-    fragment: str,
-    context: dict[str, Any],
-    error: dict[str, str] | None,
-    redirect: str | None = None,
-) -> Response:
-    """The changed fragment for htmx; else a redirect, or the whole page with the error."""
-    status = 422 if error else 200
-    ctx = {**context, "admin": True, "error": error or {}, "partial": is_htmx(request)}
-    if is_htmx(request):
-        return templates.TemplateResponse(request, fragment, ctx, status_code=status)
-    if error or redirect is None:
-        return templates.TemplateResponse(request, page, ctx, status_code=status)
-    return RedirectResponse(redirect, status_code=303)
+    return validated(MemberRef, model=model, layer=layer, unit=int(unit), note=note_)
 
 
 def _family_context(session: Session, slug: str, **form: str) -> dict[str, Any]:
     fam = service.get_family(session, slug)
     return {"family": service.family_out(session, fam, with_members=True), "form": form}
-
-
-def _failed(session: Session, exc: MicroscopeError, where: str) -> dict[str, str]:
-    session.rollback()
-    return {"form": where, "message": str(exc)}
 
 
 @router.post("/families")
@@ -89,15 +46,15 @@ def create_family(
     try:
         if not name.strip():
             raise InvalidInput("a family needs a name")
-        body = _validated(FamilyCreate, name=name.strip(), description=description.strip() or None)
+        body = validated(FamilyCreate, name=name.strip(), description=description.strip() or None)
         fam = service.create_family(session, body)
     except MicroscopeError as e:
-        error = _failed(session, e, "create")
+        error = failed(session, e, "create")
         ctx = {
             "families": service.list_families(session),
             "form": {"name": name, "description": description},
         }
-        return _answer(
+        return answer(
             request,
             page="families.html",
             fragment="_family_create.html",
@@ -108,77 +65,6 @@ def create_family(
     if is_htmx(request):  # a new family opens on its own page, ready for members
         return Response(status_code=200, headers={"HX-Redirect": url})
     return RedirectResponse(url, status_code=303)
-
-
-@router.post("/families/add-unit")
-def add_unit_to_family(
-    request: Request,
-    session: SessionDep,
-    model: str = Form(...),
-    layer: str = Form(...),
-    unit: int = Form(..., ge=0),
-    family: str = Form(""),
-    new_family: str = Form(""),
-    view: str = Form(""),
-) -> Response:
-    """From a unit page: add the unit to an existing family, or to a new one by name."""
-    ref = MemberRef(model=model, layer=layer, unit=unit)
-    try:
-        if new_family.strip():
-            body = _validated(FamilyCreate, name=new_family.strip(), members=[ref])
-            service.create_family(session, body)
-        elif family:
-            service.add_member(session, service.get_family(session, family), ref)
-        else:
-            raise InvalidInput("pick a family or type a name for a new one")
-        error = None
-    except MicroscopeError as e:
-        error = _failed(session, e, "family")
-    return _unit_answer(request, session, ref, view, error, new_family=new_family)
-
-
-@router.post("/models/{model}/{layer:path}/{unit:int}/label")
-def set_label(
-    request: Request,
-    session: SessionDep,
-    model: str,
-    layer: str,
-    unit: int,
-    label: str = Form(""),
-    view: str = Form(""),
-) -> Response:
-    """From a unit page: set its label (an empty one clears it)."""
-    try:
-        if len(label) > 200:
-            raise InvalidInput("a label has at most 200 characters")
-        service.set_label(session, model, layer, unit, label)
-        error = None
-    except MicroscopeError as e:
-        error = _failed(session, e, "label")
-    ref = MemberRef(model=model, layer=layer, unit=unit)
-    return _unit_answer(request, session, ref, view, error, label=label)
-
-
-def _unit_answer(
-    request: Request,
-    session: Session,
-    ref: MemberRef,
-    view: str,
-    error: dict[str, str] | None,
-    **form: str,
-) -> Response:
-    ctx = unit_context(request, session, ref.model, ref.layer, ref.unit, view=view or None)
-    url = urls.unit_url(ref.model, ref.layer, ref.unit)
-    if view:
-        url += "?" + urlencode({"view": view})
-    return _answer(
-        request,
-        page="unit.html",
-        fragment="_unit_curation.html",
-        context={**ctx, "form": form if error else {}},
-        redirect=url,
-        error=error,
-    )
 
 
 @router.post("/families/{slug}/edit")
@@ -194,11 +80,11 @@ def edit_family(
     try:
         if not name.strip():
             raise InvalidInput("a family needs a name")
-        body = _validated(FamilyUpdate, name=name, description=description)
+        body = validated(FamilyUpdate, name=name, description=description)
         service.update_family(session, fam, body)
         error = None
     except MicroscopeError as e:
-        error = _failed(session, e, "edit")
+        error = failed(session, e, "edit")
     form = {"name": name, "description": description} if error else {}
     return _family_answer(request, session, slug, error, **form)
 
@@ -218,7 +104,7 @@ def add_member(
         service.add_member(session, fam, member_ref(model, layer, unit, note))
         error = None
     except MicroscopeError as e:
-        error = _failed(session, e, "add")
+        error = failed(session, e, "add")
     form = {"model": model, "layer": layer, "unit": unit, "note": note} if error else {}
     return _family_answer(request, session, slug, error, **form)
 
@@ -237,14 +123,14 @@ def remove_member(
         service.remove_member(session, fam, member_ref(model, layer, unit))
         error = None
     except MicroscopeError as e:
-        error = _failed(session, e, "remove")
+        error = failed(session, e, "remove")
     return _family_answer(request, session, slug, error)
 
 
 def _family_answer(
     request: Request, session: Session, slug: str, error: dict[str, str] | None, **form: str
 ) -> Response:
-    return _answer(
+    return answer(
         request,
         page="family.html",
         fragment="_family.html",

@@ -5,14 +5,17 @@ from __future__ import annotations
 from fastapi import APIRouter, Query, Request, status
 
 from backend import urls
+from backend.catalog import service as catalog
 from backend.deps import AdminDep, SessionDep
+from backend.families import search as search_service
 from backend.families import service
-from backend.families.service import (
+from backend.families.schemas import (
     Card,
     CompositionOut,
     FamilyCreate,
     FamilyOut,
     FamilyUpdate,
+    LabelOut,
     LabelUpdate,
     MemberRef,
 )
@@ -69,13 +72,16 @@ def remove_member(slug: str, body: MemberRef, session: SessionDep) -> FamilyOut:
 
 @router.put(
     "/models/{model}/layers/{layer:path}/units/{unit:int}/label",
+    response_model=LabelOut,
     dependencies=[AdminDep],
     tags=["models"],
 )
-def set_label(model: str, layer: str, unit: int, body: LabelUpdate, session: SessionDep) -> dict:
+def set_label(
+    model: str, layer: str, unit: int, body: LabelUpdate, session: SessionDep
+) -> LabelOut:
     """Set or clear a unit's label (admin); it becomes searchable."""
-    u = service.set_label(session, model, layer, unit, body.label)
-    return {"label": u.label, "label_source": u.label_source}
+    u = catalog.set_label(session, model, layer, unit, body.label)
+    return LabelOut(label=u.label, label_source=u.label_source)
 
 
 @router.get("/search", response_model=list[Card], tags=["search"])
@@ -92,11 +98,11 @@ def search(
     matches the query), units whose label contains the query (``mode=label``), or the first
     that finds something (``auto``)."""
     if mode == "label":
-        return service.search_labels(session, q, model=model)
-    hits = service.search_text(session, request.app.state.store, q, model=model)[0]
+        return search_service.search_labels(session, q, model=model)
+    hits = search_service.search_text(session, request.app.state.store, q, model=model)[0]
     if hits or mode == "text":
         return hits
-    return service.search_labels(session, q, model=model)
+    return search_service.search_labels(session, q, model=model)
 
 
 @router.get("/search/compose", response_model=CompositionOut, tags=["search"])
@@ -111,4 +117,5 @@ def compose(
     at most 8 units among the 200 closest) whose weighted sum of unit text vectors
     approximates the query's, and the cosine between the two. Without ``model``, the model
     whose combination fits best."""
-    return service.compose_text(session, request.app.state.store, q, model=model, layer=layer)
+    store = request.app.state.store
+    return search_service.compose_text(session, store, q, model=model, layer=layer)

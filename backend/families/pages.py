@@ -7,12 +7,12 @@ from fastapi.responses import HTMLResponse
 
 from backend.deps import SessionDep, is_admin
 from backend.errors import MicroscopeError
-from backend.families import actions, service
+from backend.families import search as search_service
+from backend.families import service
+from backend.families.schemas import Card
 from backend.templating import templates
 
 router = APIRouter(include_in_schema=False)
-# The admin's edits come with the pages they change (app.py mounts this router).
-router.include_router(actions.router)
 
 
 @router.get("/families", response_class=HTMLResponse)
@@ -37,17 +37,17 @@ def search_page(
     layer: str | None = None,
     mode: str = Query("text", pattern="^(auto|text|label)$"),
 ) -> HTMLResponse:
-    results: list[service.Card] = []
+    results: list[Card] = []
     used: list[str] = []
     composition = None
     if q.strip() and mode == "text":
         store = request.app.state.store
-        results, used = service.search_text(session, store, q, model=model)
+        results, used = search_service.search_text(session, store, q, model=model)
         try:
-            composition = service.compose_text(session, store, q, model=model, layer=layer)
+            composition = search_service.compose_text(session, store, q, model=model, layer=layer)
         except MicroscopeError:  # no search index (yet): the results say so already
             composition = None
-    labels = service.search_labels(session, q, model=model) if q else []
+    labels = search_service.search_labels(session, q, model=model) if q else []
     ctx = {
         "q": q,
         "results": results,

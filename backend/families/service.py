@@ -1,126 +1,42 @@
-"""Families of units (hand-curated or proposed), unit labels, label and text search, and
-text concepts composed from units."""
+"""Families of units (hand-curated or proposed) and the neuron cards that show their members."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import Any
 
-from pydantic import BaseModel, Field
-from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from backend import urls
-from backend.catalog import service as catalog
-from backend.db.models import Artifact, Family, FamilyMember, Layer, Model, Unit
-from backend.errors import InvalidInput, NotFoundError, NotReady
-from backend.storage import NotFound, ObjectStore
-from backend.textsearch import TextIndex, load_index
+from backend.catalog.repository import CatalogRepository
+from backend.catalog.service import resolve_unit
+from backend.db.models import Family, Layer, Model, Unit
+from backend.errors import InvalidInput, NotFoundError
+from backend.families.repository import FamilyRepository
+from backend.families.schemas import Card, FamilyCreate, FamilyOut, FamilyUpdate, MemberRef
 from contracts.spec import slugify
 
 
-class MemberRef(BaseModel):
-    model: str
-    layer: str
-    unit: int = Field(ge=0)
-    note: str | None = None
-
-
-class FamilyCreate(BaseModel):
-    name: str = Field(min_length=1, max_length=200)
-    description: str | None = None
-    members: list[MemberRef] = []
-
-
-class FamilyUpdate(BaseModel):
-    name: str | None = Field(None, min_length=1, max_length=200)
-    description: str | None = Field(None, description="an empty string clears it")
-
-
-class LabelUpdate(BaseModel):
-    label: str | None = Field(None, max_length=200)
-
-
-class Card(BaseModel):
-    """A neuron card: enough to draw a unit in a grid of cards."""
-
-    model: str
-    layer: str
-    unit: int
-    label: str | None
-    note: str | None = None
-    url: str
-    thumbnail: str | None
-    score: float | None = None
-
-
-class Term(Card):
-    """A unit in a composition, with its weight."""
-
-    weight: float
-
-
-class CompositionOut(BaseModel):
-    """``query ≈ sum(weight × unit text vector)`` over ``terms``."""
-
-    query: str
-    model: str | None
-    layer: str | None
-    used: list[str] = Field(description="vocabulary entries the query's vector was made from")
-    cosine: float | None = Field(description="cosine between the weighted sum and the query")
-    terms: list[Term]
-
-
-class FamilyOut(BaseModel):
-    slug: str
-    name: str
-    description: str | None
-    source: str
-    size: int
-    url: str
-    api_url: str
-    members: list[Card] | None = None
-
-
-def _resolve(session: Session, ref: MemberRef) -> tuple[Model, Layer, Unit]:
-    model = catalog.get_model(session, ref.model)
-    layer = catalog.get_layer(session, model, ref.layer)
-    return model, layer, catalog.get_unit(session, layer, ref.unit)
-
-
-def _thumbs(session: Session, pairs: Sequence[tuple[int, int]]) -> dict[tuple[int, int], str]:
-    if not pairs:
-        return {}
-    layer_ids = {lid for lid, _ in pairs}
-    rows = session.execute(
-        select(Artifact.layer_id, Artifact.unit_index, Artifact.kind, Artifact.storage_key).where(
-            Artifact.layer_id.in_(layer_ids),
-            Artifact.unit_index.in_({u for _, u in pairs}),
-            ((Artifact.kind == "featvis") & (Artifact.variant == "channel"))
-            | ((Artifact.kind == "example_crop") & (Artifact.variant == "thumb")),
-        )
-    ).all()
-    out: dict[tuple[int, int], str] = {}
-    for lid, u, _kind, key in sorted(rows, key=lambda r: r[2] != "featvis"):
-        if lid is not None and u is not None:
-            out.setdefault((lid, u), urls.object_url(key))
-    return out
-
-
 def cards(session: Session, rows: Sequence[tuple[Model, Layer, Unit, str | None]]) -> list[Card]:
-    thumbs = _thumbs(session, [(layer.id, unit.index) for _, layer, unit, _ in rows])
-    return [
-        Card(
-            model=m.slug,
-            layer=layer.name,
-            unit=unit.index,
-            label=unit.label,
-            note=note,
-            url=urls.unit_url(m.slug, layer.name, unit.index),
-            thumbnail=thumbs.get((layer.id, unit.index)),
+    """Neuron cards for (model, layer, unit, note) rows, each with its unit's thumbnail."""
+    thumbs = CatalogRepository(session).unit_thumbnail_keys(
+        {(layer.id, unit.index) for _, layer, unit, _ in rows}
+    )
+    out = []
+    for m, layer, unit, note in rows:
+        key = thumbs.get((layer.id, unit.index))
+        out.append(
+            Card(
+                model=m.slug,
+                layer=layer.name,
+                unit=unit.index,
+                label=unit.label,
+                note=note,
+                url=urls.unit_url(m.slug, layer.name, unit.index),
+                thumbnail=urls.object_url(key) if key else None,
+            )
         )
-        for m, layer, unit, note in rows
-    ]
+    return out
 
 
 def family_out(session: Session, fam: Family, *, with_members: bool = False) -> FamilyOut:
@@ -134,25 +50,16 @@ def family_out(session: Session, fam: Family, *, with_members: bool = False) -> 
         api_url=f"{urls.API}/families/{fam.slug}",
     )
     if with_members:
-        rows = session.execute(
-            select(Model, Layer, Unit, FamilyMember.note)
-            .join(Unit, Unit.id == FamilyMember.unit_id)
-            .join(Layer, Layer.id == Unit.layer_id)
-            .join(Model, Model.id == Layer.model_id)
-            .where(FamilyMember.family_id == fam.id)
-            .order_by(FamilyMember.position)
-        ).all()
-        out.members = cards(session, [tuple(r) for r in rows])  # type: ignore[misc]
+        out.members = cards(session, FamilyRepository(session).members(fam.id))
     return out
 
 
 def list_families(session: Session) -> list[FamilyOut]:
-    fams = session.scalars(select(Family).order_by(Family.name)).all()
-    return [family_out(session, f) for f in fams]
+    return [family_out(session, f) for f in FamilyRepository(session).list_families()]
 
 
 def get_family(session: Session, slug: str) -> Family:
-    fam = session.scalar(select(Family).where(Family.slug == slug))
+    fam = FamilyRepository(session).get(slug)
     if fam is None:
         raise NotFoundError("family", slug)
     return fam
@@ -162,11 +69,10 @@ def create_family(session: Session, body: FamilyCreate, source: str = "manual") 
     slug = slugify(body.name)
     if not slug:
         raise InvalidInput("a family needs a name with letters or digits")
-    if session.scalar(select(Family.id).where(Family.slug == slug)) is not None:
+    repo = FamilyRepository(session)
+    if repo.get(slug) is not None:
         raise InvalidInput(f"family {slug!r} already exists")
-    fam = Family(slug=slug, name=body.name, description=body.description, source=source)
-    session.add(fam)
-    session.flush()
+    fam = repo.add(Family(slug=slug, name=body.name, description=body.description, source=source))
     for ref in body.members:
         add_member(session, fam, ref)
     return fam
@@ -186,172 +92,24 @@ def update_family(session: Session, fam: Family, body: FamilyUpdate) -> Family:
 
 
 def add_member(session: Session, fam: Family, ref: MemberRef) -> None:
-    _, _, unit = _resolve(session, ref)
-    exists = session.get(FamilyMember, (fam.id, unit.id))
+    """Add a unit to a family (again: only its note changes)."""
+    _, _, unit = resolve_unit(session, ref.model, ref.layer, ref.unit)
+    repo = FamilyRepository(session)
+    exists = repo.get_member(fam.id, unit.id)
     if exists is not None:
         exists.note = ref.note
         return
-    position = session.scalar(
-        select(func.coalesce(func.max(FamilyMember.position), -1) + 1).where(
-            FamilyMember.family_id == fam.id
-        )
-    )
-    session.add(FamilyMember(family_id=fam.id, unit_id=unit.id, position=position, note=ref.note))
-    session.flush()
-    session.refresh(fam)
+    repo.add_member(fam.id, unit.id, ref.note)
+    session.refresh(fam)  # its members list (and size) now include the unit
 
 
 def remove_member(session: Session, fam: Family, ref: MemberRef) -> None:
-    _, _, unit = _resolve(session, ref)
-    session.execute(
-        delete(FamilyMember).where(
-            FamilyMember.family_id == fam.id, FamilyMember.unit_id == unit.id
-        )
-    )
-    session.flush()
+    _, _, unit = resolve_unit(session, ref.model, ref.layer, ref.unit)
+    FamilyRepository(session).remove_member(fam.id, unit.id)
     session.refresh(fam)
 
 
 def unit_families(session: Session, unit: Unit) -> list[dict[str, Any]]:
-    rows = session.execute(
-        select(Family.slug, Family.name)
-        .join(FamilyMember, FamilyMember.family_id == Family.id)
-        .where(FamilyMember.unit_id == unit.id)
-        .order_by(Family.name)
-    ).all()
+    """The families a unit belongs to, with their pages' URLs."""
+    rows = FamilyRepository(session).of_unit(unit.id)
     return [{"slug": s, "name": n, "url": f"/families/{s}"} for s, n in rows]
-
-
-def set_label(session: Session, model: str, layer: str, index: int, label: str | None) -> Unit:
-    m = catalog.get_model(session, model)
-    lyr = catalog.get_layer(session, m, layer)
-    unit = catalog.get_unit(session, lyr, index)
-    unit.label = label.strip() if label and label.strip() else None
-    unit.label_source = "admin" if unit.label else None
-    unit.label_confidence = 1.0 if unit.label else None
-    session.flush()
-    return unit
-
-
-def search_labels(
-    session: Session, q: str, *, model: str | None = None, limit: int = 60
-) -> list[Card]:
-    """Units whose label contains ``q`` (case-insensitive)."""
-    q = q.strip()
-    if not q:
-        return []
-    stmt = (
-        select(Model, Layer, Unit)
-        .join(Layer, Layer.id == Unit.layer_id)
-        .join(Model, Model.id == Layer.model_id)
-        .where(func.lower(Unit.label).contains(q.lower()))
-    )
-    if model:
-        stmt = stmt.where(Model.slug == model)
-    rows = session.execute(stmt.order_by(Unit.label_confidence.desc(), Unit.id).limit(limit)).all()
-    return cards(session, [(m, layer, u, None) for m, layer, u in rows])
-
-
-def _indexes(session: Session, model: str | None) -> list[tuple[Model, str]]:
-    """(model, storage key) of each model's search index, or ``model``'s only."""
-    stmt = (
-        select(Model, Artifact.storage_key)
-        .join(Artifact, Artifact.model_id == Model.id)
-        .where(Artifact.kind == "search_index", Artifact.layer_id.is_(None))
-        .order_by(Model.slug)
-    )
-    if model:
-        stmt = stmt.where(Model.slug == model)
-    return [(m, key) for m, key in session.execute(stmt).all()]
-
-
-def _unit_cards(session: Session, found: Sequence[tuple[Model, str, int]]) -> list[Card | None]:
-    """Cards for (model, layer name, unit index) triples; None where the unit is gone."""
-    rows: list[tuple[Model, Layer, Unit, str | None]] = []
-    at: list[int] = []
-    for i, (m, layer_name, index_) in enumerate(found):
-        layer = session.scalar(
-            select(Layer).where(Layer.model_id == m.id, Layer.name == layer_name)
-        )
-        if layer is None:
-            continue
-        unit = session.scalar(select(Unit).where(Unit.layer_id == layer.id, Unit.index == index_))
-        if unit is not None:
-            rows.append((m, layer, unit, None))
-            at.append(i)
-    out: list[Card | None] = [None] * len(found)
-    for i, card in zip(at, cards(session, rows), strict=True):
-        out[i] = card
-    return out
-
-
-def search_text(
-    session: Session, store: ObjectStore, q: str, *, model: str | None = None, top: int = 30
-) -> tuple[list[Card], list[str]]:
-    """Zero-shot neuron search: units whose text vector is closest to the query's."""
-    found: list[tuple[float, Model, str, int]] = []
-    used: list[str] = []
-    for m, key in _indexes(session, model):
-        try:
-            index = load_index(store, key)
-        except NotFound:
-            continue
-        hits, terms = index.search(q, top=top)
-        used = used or terms
-        found += [(h.score, m, h.layer, h.unit) for h in hits]
-    found.sort(key=lambda t: -t[0])
-    found = found[:top]
-    out: list[Card] = []
-    for (score, *_), card in zip(found, _unit_cards(session, [f[1:] for f in found]), strict=True):
-        if card is not None:
-            card.score = round(score, 4)
-            out.append(card)
-    return out, used
-
-
-def compose_text(
-    session: Session,
-    store: ObjectStore,
-    q: str,
-    *,
-    model: str | None = None,
-    layer: str | None = None,
-) -> CompositionOut:
-    """A text concept as a sparse non-negative combination of units (L1 regression of the
-    query's vector on unit text vectors): ``model``'s units, else those of the model whose
-    combination fits best; only ``layer``'s units when given."""
-    q = q.strip()
-    if not q:
-        raise InvalidInput("the query is empty")
-    if model is not None:
-        m = catalog.get_model(session, model)
-        if layer is not None:
-            catalog.get_layer(session, m, layer)
-    indexes: list[tuple[Model, TextIndex]] = []
-    for m, key in _indexes(session, model):
-        try:
-            indexes.append((m, load_index(store, key)))
-        except NotFound:
-            continue
-    if layer is not None:
-        indexes = [(m, ix) for m, ix in indexes if layer in ix.layers]
-    if not indexes:
-        where = f" covering layer {layer!r}" if layer else ""
-        if model:
-            raise NotReady(f"model {model!r} has no search index{where} yet: run its text views")
-        raise NotReady(f"no model has a search index{where} yet: compute the text views first")
-    best = None
-    for m, ix in indexes:
-        comp = ix.compose(q, layer)
-        if comp is not None and (best is None or comp.cosine > best[1].cosine):
-            best = (m, comp)
-    out = CompositionOut(query=q, model=model, layer=layer, used=[], cosine=None, terms=[])
-    if best is None:  # none of the query's words is in the vocabulary
-        return out
-    m, comp = best
-    found = [(m, t.layer, t.unit) for t in comp.terms]
-    for t, card in zip(comp.terms, _unit_cards(session, found), strict=True):
-        if card is not None:
-            out.terms.append(Term(**card.model_dump(), weight=round(t.weight, 4)))
-    out.model, out.used, out.cosine = m.slug, comp.used, round(comp.cosine, 4)
-    return out

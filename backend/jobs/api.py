@@ -5,12 +5,12 @@ from __future__ import annotations
 from fastapi import APIRouter, Query
 
 from backend import urls
-from backend.catalog.schemas import Page
 from backend.deps import AdminDep, SessionDep
 from backend.errors import NotFoundError
 from backend.jobs.repository import JobRepository
 from backend.jobs.schemas import JobOut, job_out
 from backend.jobs.service import retry_job
+from backend.schemas import Page
 from contracts.jobs import TASKS
 
 router = APIRouter(prefix=urls.API, tags=["jobs"])

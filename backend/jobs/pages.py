@@ -1,17 +1,16 @@
-"""Jobs page and the live-progress fragment other pages poll."""
+"""Jobs page and the live-progress fragments other pages poll."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Request
-from fastapi.responses import HTMLResponse, RedirectResponse
+from fastapi import APIRouter, Request
+from fastapi.responses import HTMLResponse, Response
 
-from backend.deps import SessionDep, is_admin, require_admin
+from backend.deps import SessionDep, is_admin
 from backend.errors import NotFoundError
 from backend.jobs.repository import JobRepository
 from backend.jobs.schemas import job_out
-from backend.jobs.service import retry_job
 from backend.templating import templates
-from contracts.jobs import TASKS, JobState
+from contracts.jobs import FINISHED_STATES, JobState
 
 router = APIRouter(include_in_schema=False)
 
@@ -24,15 +23,6 @@ def jobs_page(request: Request, session: SessionDep) -> HTMLResponse:
     )
 
 
-@router.post("/jobs/{job_id}/retry", dependencies=[Depends(require_admin)])
-def retry(job_id: int, session: SessionDep) -> RedirectResponse:
-    job = JobRepository(session).get(job_id)
-    if job is None:
-        raise NotFoundError("job", job_id)
-    retry_job(session, job, TASKS)
-    return RedirectResponse("/jobs", status_code=303)
-
-
 @router.get("/partials/progress", response_class=HTMLResponse)
 def progress_fragment(request: Request, session: SessionDep) -> HTMLResponse:
     """Jobs in flight; keeps polling itself while any are queued or running."""
@@ -42,3 +32,16 @@ def progress_fragment(request: Request, session: SessionDep) -> HTMLResponse:
     return templates.TemplateResponse(
         request, "_progress.html", {"active": active, "failed": failed}
     )
+
+
+@router.get("/partials/job/{job_id}", response_class=HTMLResponse)
+def job_fragment(request: Request, job_id: int, session: SessionDep) -> Response:
+    """One job's progress; when it is done, htmx reloads the page to show the result."""
+    job = JobRepository(session).get(job_id)
+    if job is None:
+        raise NotFoundError("job", job_id)
+    out = job_out(job)
+    resp = templates.TemplateResponse(request, "_job.html", {"job": out})
+    if out.state in FINISHED_STATES:
+        resp.headers["HX-Refresh"] = "true"
+    return resp

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ast
+import graphlib
 import os
 import shutil
 import subprocess
@@ -69,6 +71,69 @@ def test_contracts_import_neither_side() -> None:
         if s.split()[1].split(".")[0] in ("backend", "workers", "torch", "timm", "open_clip")
     ]
     assert offenders == []
+
+
+# Domain packages of the web process, and the unit page that composes catalog and families.
+DOMAINS = ("catalog", "families", "datasets", "jobs", "unitpage")
+
+
+def _backend_import_graph() -> dict[str, set[str]]:
+    """backend module -> the backend modules it imports (function-level imports included)."""
+    names = {
+        ".".join(p.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__"): p
+        for p in (ROOT / "backend").rglob("*.py")
+    }
+    graph: dict[str, set[str]] = {}
+    for name, path in names.items():
+        found: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                found |= {a.name for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                found |= {node.module} | {f"{node.module}.{a.name}" for a in node.names}
+        graph[name] = {m for m in found if m in names and m != name}
+    return graph
+
+
+def _domain(module: str) -> str | None:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 2 and parts[1] in DOMAINS else None
+
+
+def _domain_dependencies() -> dict[str, set[str]]:
+    """domain -> the other domains its modules reach, directly or through shared modules
+    (backend/precompute.py, say), which belong to no domain."""
+    graph = _backend_import_graph()
+    deps: dict[str, set[str]] = {d: set() for d in DOMAINS}
+    for start in graph:
+        home = _domain(start)
+        if home is None:
+            continue
+        seen, todo = {start}, list(graph[start])
+        while todo:
+            module = todo.pop()
+            if module in seen:
+                continue
+            seen.add(module)
+            there = _domain(module)
+            if there is None:
+                todo += graph[module]
+            elif there != home:
+                deps[home].add(there)
+    return deps
+
+
+def test_domain_packages_depend_on_each_other_without_cycles() -> None:
+    deps = _domain_dependencies()
+    try:
+        order = list(graphlib.TopologicalSorter(deps).static_order())
+    except graphlib.CycleError as e:
+        pytest.fail(f"domain packages import each other in a cycle: {e.args[1]}")
+    # Families are made of the catalog's units; the catalog knows nothing of families, and
+    # the unit page composes the two.
+    assert "families" not in deps["catalog"]
+    assert {"catalog", "families"} <= deps["unitpage"]
+    assert order.index("catalog") < order.index("families") < order.index("unitpage")
 
 
 @pytest.mark.skipif(shutil.which("docker-compose") is None, reason="docker-compose not installed")

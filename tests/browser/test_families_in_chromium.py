@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from backend.families.service import FamilyCreate, create_family
+from backend.families.schemas import FamilyCreate
+from backend.families.service import create_family
 from backend.storage import make_store
 from tests.browser.test_pages_in_chromium import webp
 from tests.conftest import ADMIN_TOKEN
