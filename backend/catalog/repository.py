@@ -4,10 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Collection, Sequence
 
-from sqlalchemy import func, select
+from sqlalchemy import and_, func, or_, select
 from sqlalchemy.orm import Session
 
 from backend.db.models import Artifact, Layer, Model, Unit
+
+# (kind, variant) of the images that stand for a unit in a card or a preview, best first: its
+# feature visualization, else its top dataset example.
+THUMBNAILS = (("featvis", "channel"), ("example_crop", "thumb"))
 
 
 class CatalogRepository:
@@ -56,23 +60,8 @@ class CatalogRepository:
         )
         if layer_id is None:
             return []
-        rows = self.session.execute(
-            select(Artifact.unit_index, Artifact.kind, Artifact.storage_key)
-            .where(
-                Artifact.layer_id == layer_id,
-                Artifact.unit_index < n,
-                ((Artifact.kind == "featvis") & (Artifact.variant == "channel"))
-                | ((Artifact.kind == "example_crop") & (Artifact.variant == "thumb")),
-            )
-            .order_by(Artifact.unit_index)
-        ).all()
-        best: dict[int, str] = {}
-        for u, kind, key in rows:
-            if u is None:
-                continue
-            if u not in best or kind == "featvis":
-                best[u] = key
-        return [best[u] for u in sorted(best)]
+        keys = self.unit_thumbnail_keys({(layer_id, u) for u in range(n)})
+        return [keys[layer_id, u] for u in range(n) if (layer_id, u) in keys]
 
     # units
     def list_units(self, layer_id: int, *, offset: int, limit: int) -> Sequence[Unit]:
@@ -155,22 +144,28 @@ class CatalogRepository:
     def unit_thumbnail_keys(
         self, pairs: Collection[tuple[int, int]]
     ) -> dict[tuple[int, int], str]:
-        """(layer id, unit index) -> storage key of the unit's card thumbnail, for units of
-        any layers: its feature visualization where there is one, else its top example."""
+        """(layer id, unit index) -> storage key of the unit's best THUMBNAILS image, for
+        units of any layers."""
         if not pairs:
             return {}
         rows = self.session.execute(
-            select(Artifact.layer_id, Artifact.unit_index, Artifact.kind, Artifact.storage_key)
-            .where(
+            select(
+                Artifact.layer_id,
+                Artifact.unit_index,
+                Artifact.kind,
+                Artifact.variant,
+                Artifact.storage_key,
+            ).where(
                 Artifact.layer_id.in_({lid for lid, _ in pairs}),
                 Artifact.unit_index.in_({u for _, u in pairs}),
-                ((Artifact.kind == "featvis") & (Artifact.variant == "channel"))
-                | ((Artifact.kind == "example_crop") & (Artifact.variant == "thumb")),
+                or_(*(and_(Artifact.kind == k, Artifact.variant == v) for k, v in THUMBNAILS)),
             )
         ).all()
         out: dict[tuple[int, int], str] = {}
-        for lid, u, _kind, key in sorted(rows, key=lambda r: r[2] != "featvis"):
-            if lid is not None and u is not None:
+        for lid, u, _kind, _variant, key in sorted(
+            rows, key=lambda r: THUMBNAILS.index((r.kind, r.variant))
+        ):
+            if lid is not None and u is not None and (lid, u) in pairs:
                 out.setdefault((lid, u), key)
         return out
 

@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from backend import urls
-from backend.catalog.repository import CatalogRepository
+from backend.catalog.repository import THUMBNAILS, CatalogRepository
 from backend.catalog.schemas import ArtifactOut, LayerOut, ModelOut, UnitOut
 from backend.db.models import Artifact, Job, Layer, Model, Unit
 from backend.errors import InvalidInput, NotFoundError
@@ -198,7 +198,7 @@ def unit_view(session: Session, model_slug: str, layer_name: str, index: int) ->
 
 
 GRID_VIEWS = {
-    "auto": (("featvis", "channel"), ("example_crop", "thumb")),
+    "auto": THUMBNAILS,
     "featvis": (("featvis", "channel"),),
     "examples": (("example_crop", "thumb"),),
     "weights": (("weights_nmf", "rgb"),),
