@@ -8,6 +8,7 @@ in the order the tar stores them, which is how large image collections ship.
 from __future__ import annotations
 
 import tarfile
+from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 
@@ -57,14 +58,45 @@ def shard_of(name: str) -> str | None:
     return name.split(SEP, 1)[0] if SEP in name else None
 
 
-def read_image_bytes(root: Path, name: str) -> bytes:
-    """One image's bytes by name (a tar member costs a scan of its shard: prefer iter_tar)."""
-    tar = shard_of(name)
-    if tar is None:
-        return (root / name).read_bytes()
-    member = name.split(SEP, 1)[1]
-    with tarfile.open(root / tar) as tf:
-        f = tf.extractfile(member)
-        if f is None:
-            raise FileNotFoundError(name)
-        return f.read()
+def read_images(root: Path, names: list[str]) -> dict[str, bytes]:
+    """Bytes of many images by name, reading each tar shard once, in one streaming pass."""
+    out: dict[str, bytes] = {}
+    by_tar: dict[str, set[str]] = defaultdict(set)
+    for n in names:
+        tar = shard_of(n)
+        if tar is None:
+            out[n] = (root / n).read_bytes()
+        else:
+            by_tar[tar].add(n)
+    for tar, wanted in by_tar.items():
+        for name, data in iter_tar(root, tar):
+            if name in wanted:
+                out[name] = data
+    missing = [n for n in names if n not in out]
+    if missing:
+        raise FileNotFoundError(f"{len(missing)} images are gone from their shards: {missing[0]}")
+    return out
+
+
+def split_shards(n_items: int, shard_size: int) -> list[range]:
+    """Consecutive index ranges of at most ``shard_size`` items covering ``range(n_items)``."""
+    if shard_size < 1:
+        raise ValueError("shard_size must be positive")
+    return [range(s, min(s + shard_size, n_items)) for s in range(0, n_items, shard_size)]
+
+
+def plan_shards(names: list[str], size: int) -> list[range]:
+    """Index ranges into ``names`` (a dataset's images in order) to mine as separate jobs:
+    loose files split by listing into shards of ``size``, and each tar shard's images
+    (contiguous) as one shard, so a job reads its tar once, front to back."""
+    loose = sum(1 for n in names if shard_of(n) is None)
+    shards = split_shards(loose, size) if loose else []
+    i = loose
+    while i < len(names):
+        tar = shard_of(names[i])
+        j = i
+        while j < len(names) and shard_of(names[j]) == tar:
+            j += 1
+        shards.append(range(i, j))
+        i = j
+    return shards
