@@ -61,11 +61,6 @@ class RenderResult:
         """The best image's mean over positions (the channel objective)."""
         return max(self.acts_mean)
 
-    @property
-    def activation(self) -> float:
-        """The figure compared with the unit's top dataset example."""
-        return self.act_max
-
 
 @dataclass
 class RenderStep:

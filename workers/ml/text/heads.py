@@ -18,7 +18,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from contracts.layout import Layout
 from workers.ml.models import LoadedModel
 
 TextEncoder = Callable[[Sequence[str]], torch.Tensor]  # texts -> (T, D) L2-normalised
@@ -75,7 +74,6 @@ class TextHead:
 
     kind: str
     last_layer_path: str  # module path (inside image_model) of the layer the readout reads
-    last_layout: Layout
     readout: torch.Tensor  # (S, U_last)
     encode: TextEncoder  # texts -> (T, D) normalised, D = the text space
     to_space: Callable[[torch.Tensor], torch.Tensor]  # (T, D) text embeddings -> (T, S)
@@ -103,14 +101,14 @@ class TextHead:
 # CLIP
 
 
-def _clip_readout(loaded: LoadedModel) -> tuple[str, Layout, torch.Tensor]:
-    """(last layer path, its layout, readout (D, U)) of a CLIP image tower, linearised."""
+def _clip_readout(loaded: LoadedModel) -> tuple[str, torch.Tensor]:
+    """(last layer path, readout (D, U)) of a CLIP image tower, linearised."""
     visual = loaded.image_model
     if loaded.family == "clip_resnet":
         pool = visual.attnpool
         # With uniform attention the pool is c_proj(v_proj(mean of the grid)) + a constant.
         w = pool.c_proj.weight @ pool.v_proj.weight  # (D, C) @ (C, C_in) -> (D, C_in)
-        return "layer4", Layout("nchw"), w.detach().float()
+        return "layer4", w.detach().float()
     if loaded.family == "clip_vit":
         blocks = visual.transformer.resblocks
         last = len(blocks) - 1
@@ -121,7 +119,7 @@ def _clip_readout(loaded: LoadedModel) -> tuple[str, Layout, torch.Tensor]:
         centre = torch.eye(width) - 1.0 / width  # (C, C)
         gamma = visual.ln_post.weight  # (C,)
         w = visual.proj.T @ (gamma[:, None] * (centre @ c_proj))  # (D, C) @ (C, H) -> (D, H)
-        return f"transformer.resblocks.{last}.mlp.gelu", Layout("nlc", 1), w.detach().float()
+        return f"transformer.resblocks.{last}.mlp.gelu", w.detach().float()
     raise NoTextHead(f"no CLIP readout for model family {loaded.family!r}")
 
 
@@ -164,11 +162,10 @@ def clip_head(loaded: LoadedModel) -> TextHead:
             emb = encode_tokens(model, tokens)  # (T, D)
         return F.normalize(emb.float(), dim=-1).cpu()
 
-    path, layout, readout = _clip_readout(loaded)
+    path, readout = _clip_readout(loaded)
     return TextHead(
         kind="clip",
         last_layer_path=path,
-        last_layout=layout,
         readout=readout.cpu(),
         encode=encode,
         to_space=lambda t: t,
@@ -261,7 +258,6 @@ def classifier_head(
     return TextHead(
         kind="classifier",
         last_layer_path=last_path,
-        last_layout=Layout("nchw"),
         readout=readout,
         encode=encode,
         to_space=to_space,

@@ -180,11 +180,6 @@ def one_token_words(words: Sequence[str]) -> tuple[list[int], list[int]]:
     return rows, ids
 
 
-def word_token_ids(words: Sequence[str], limit: int = 256) -> list[int]:
-    """CLIP BPE ids of words that are one token each (candidates for :func:`hill_climb`)."""
-    return one_token_words(words)[1][:limit]
-
-
 def climb_candidates(
     direction: torch.Tensor, word_emb: torch.Tensor, word_ids: Sequence[int], k: int
 ) -> list[int]:
