@@ -71,9 +71,11 @@ def _to_rgb(img: Image.Image) -> Image.Image:
         try:
             src = ImageCms.ImageCmsProfile(io.BytesIO(img.info["icc_profile"]))
             dst = ImageCms.createProfile("sRGB")
-            return ImageCms.profileToProfile(img, src, dst, outputMode="RGB")
+            converted = ImageCms.profileToProfile(img, src, dst, outputMode="RGB")
         except (ImageCms.PyCMSError, OSError):
-            pass  # a broken profile: fall back to Pillow's plain conversion
+            converted = None  # a broken profile: fall back to Pillow's plain conversion
+        if converted is not None:
+            return converted
     return img.convert("RGB")  # L, 1, P, CMYK, YCbCr, LAB, HSV
 
 

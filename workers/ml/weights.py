@@ -84,10 +84,16 @@ def _bn_after(model: nn.Module, path: str) -> nn.modules.batchnorm._BatchNorm | 
     return None
 
 
+def _conv(model: nn.Module, path: str) -> nn.Conv2d:
+    conv = model.get_submodule(path)
+    if not isinstance(conv, nn.Conv2d):
+        raise TypeError(f"{path} is a {type(conv).__name__}, not a Conv2d")
+    return conv
+
+
 def _scaled(model: nn.Module, path: str) -> torch.Tensor:
     """A conv's weight (C_out, C_in/groups, kh, kw) times the following BatchNorm's scale."""
-    conv = model.get_submodule(path)
-    w = conv.weight.detach().float().cpu()
+    w = _conv(model, path).weight.detach().float().cpu()
     bn = _bn_after(model, path)
     if bn is None:
         return w
@@ -134,7 +140,7 @@ def unit_weights(
         if not _SIDE_PATHS & set(c.path[len(prefix) :].split("."))
         and not (c.out_side == 1 and widest > 1)  # a gate on pooled features
     ]
-    convs = {c.path: model.get_submodule(c.path) for c in eligible}
+    convs = {c.path: _conv(model, c.path) for c in eligible}
     producers = [i for i, c in enumerate(eligible) if convs[c.path].out_channels == unit_count]
     if not producers:
         raise NoWeights(f"no convolution in {module_path or 'the model'} outputs its units")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -103,7 +104,8 @@ class TextHead:
 
 def _clip_readout(loaded: LoadedModel) -> tuple[str, torch.Tensor]:
     """(last layer path, readout (D, U)) of a CLIP image tower, linearised."""
-    visual = loaded.image_model
+    # open_clip's towers, read by their attribute names (nn.Module's typing cannot follow).
+    visual: Any = loaded.image_model
     if loaded.family == "clip_resnet":
         pool = visual.attnpool
         # With uniform attention the pool is c_proj(v_proj(mean of the grid)) + a constant.
@@ -131,19 +133,20 @@ def encode_tokens(model: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
     to it gives the same embeddings, about 8x faster on a CPU for words and short prompts.
     Text towers built differently fall back to ``encode_text`` over the full context.
     """
+    clip: Any = model  # open_clip's CLIP, read by attribute names (as in _clip_readout)
     parts = ("token_embedding", "positional_embedding", "transformer", "ln_final", "attn_mask")
-    standard = all(getattr(model, a, None) is not None for a in parts)
-    if not standard or getattr(model, "text_pool_type", None) != "argmax":
-        return model.encode_text(tokens)
+    standard = all(getattr(clip, a, None) is not None for a in parts)
+    if not standard or getattr(clip, "text_pool_type", None) != "argmax":
+        return clip.encode_text(tokens)
     ends = tokens.argmax(dim=-1)  # (T,) end-of-text positions
     length = int(ends.max()) + 1
     short = tokens[:, :length]  # (T, L)
-    cast = model.transformer.get_cast_dtype()
-    x = model.token_embedding(short).to(cast) + model.positional_embedding[:length].to(cast)
-    mask = model.attn_mask[:length, :length].contiguous()  # (L, L) causal
-    x = model.ln_final(model.transformer(x, attn_mask=mask))  # (T, L, W)
+    cast = clip.transformer.get_cast_dtype()
+    x = clip.token_embedding(short).to(cast) + clip.positional_embedding[:length].to(cast)
+    mask = clip.attn_mask[:length, :length].contiguous()  # (L, L) causal
+    x = clip.ln_final(clip.transformer(x, attn_mask=mask))  # (T, L, W)
     x = x[torch.arange(x.shape[0], device=x.device), ends]  # (T, W)
-    proj = model.text_projection
+    proj = clip.text_projection
     if proj is None:
         return x
     return proj(x) if isinstance(proj, nn.Linear) else x @ proj  # (T, D)
@@ -205,8 +208,9 @@ def _classifier_parts(loaded: LoadedModel) -> tuple[str, nn.Linear, torch.Tensor
     order = [p for p, _ in named]
     gain = torch.ones(units)
     for p, m in named[order.index(last_path) + 1 : order.index(head_path)]:
-        inside = p.startswith(last_path + ".")
-        if not inside and isinstance(m, nn.BatchNorm2d) and m.num_features == units:
+        if p.startswith(last_path + ".") or not isinstance(m, nn.BatchNorm2d):
+            continue
+        if m.num_features == units and m.running_var is not None:
             scale = m.weight if m.weight is not None else torch.ones(units)
             gain = gain * (scale / torch.sqrt(m.running_var + m.eps)).detach().float().cpu()
     return last_path, head, gain
