@@ -14,12 +14,11 @@ from workers.ml.mining import (
     Miner,
     decode_keys,
     make_keys,
-    make_loader,
     merge_layer_states,
     merge_reducers,
     splitmix64,
 )
-from workers.ml.sources import split_shards
+from workers.ml.sources import make_loader, split_shards
 
 N_IMAGES = 40
 BATCH = 7

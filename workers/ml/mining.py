@@ -19,7 +19,6 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
 
 from contracts.artifacts import DatasetExamples, Example, Histogram, Stratum, UnitStats
 from contracts.layout import Layout
@@ -523,34 +522,3 @@ class Miner:
             if progress is not None:
                 progress(done)
         return self.reducers
-
-
-class IdDataset(Dataset):
-    """A DataLoader-friendly dataset of (image tensor (3, S, S), id) from a loader function."""
-
-    def __init__(self, ids: Sequence[int], load: Callable[[int], torch.Tensor]) -> None:
-        self.ids = list(ids)
-        self.load = load
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        image_id = self.ids[i]
-        return self.load(image_id), image_id
-
-
-def make_loader(
-    ids: Sequence[int],
-    load: Callable[[int], torch.Tensor],
-    batch_size: int = 32,
-    num_workers: int = 0,
-) -> DataLoader:
-    """Batches of (images (N, 3, S, S), ids (N,) int64) in id-list order, for :meth:`Miner.run`."""
-    return DataLoader(
-        IdDataset(ids, load),
-        batch_size=batch_size,
-        shuffle=False,
-        num_workers=num_workers,
-        pin_memory=torch.cuda.is_available(),
-    )

@@ -1,4 +1,5 @@
-"""Where a dataset's images come from: an image folder, and/or WebDataset-style tar shards.
+"""Where a dataset's images come from (an image folder, and/or WebDataset-style tar shards),
+how they are split into shards, and how they are batched for the model.
 
 A tar shard (``*.tar`` anywhere under the dataset root) holds samples as members
 ``<key>.<ext>``; its images are named ``<tar path>::<member>`` and are read shard by shard,
@@ -9,8 +10,11 @@ from __future__ import annotations
 
 import tarfile
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path, PurePosixPath
+
+import torch
+from torch.utils.data import DataLoader, Dataset
 
 from workers.ml.images import IMAGE_EXTENSIONS, list_images
 
@@ -100,3 +104,35 @@ def plan_shards(names: list[str], size: int) -> list[range]:
         shards.append(range(i, j))
         i = j
     return shards
+
+
+class IdDataset(Dataset):
+    """A DataLoader-friendly dataset of (image tensor (3, S, S), id) from a loader function."""
+
+    def __init__(self, ids: Sequence[int], load: Callable[[int], torch.Tensor]) -> None:
+        self.ids = list(ids)
+        self.load = load
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        image_id = self.ids[i]
+        return self.load(image_id), image_id
+
+
+def make_loader(
+    ids: Sequence[int],
+    load: Callable[[int], torch.Tensor],
+    batch_size: int = 32,
+    num_workers: int = 0,
+) -> DataLoader:
+    """Batches of (images (N, 3, S, S), ids (N,) int64) in id-list order, for
+    :meth:`workers.ml.mining.Miner.run`."""
+    return DataLoader(
+        IdDataset(ids, load),
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=num_workers,
+        pin_memory=torch.cuda.is_available(),
+    )

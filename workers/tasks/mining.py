@@ -34,7 +34,7 @@ from contracts.jobs import (
     MineShardParams,
 )
 from contracts.layout import Layout
-from workers.ml.mining import LayerReducer, Miner, make_loader, merge_layer_states
+from workers.ml.mining import LayerReducer, Miner, merge_layer_states
 from workers.ml.receptive_field import receptive_field
 from workers.ml.sheets import (
     CELL,
@@ -45,7 +45,7 @@ from workers.ml.sheets import (
     example_maps,
     shown_images,
 )
-from workers.ml.sources import plan_shards
+from workers.ml.sources import make_loader, plan_shards
 from workers.tasks.artifacts import publish, publish_json
 from workers.tasks.cards import refresh_card
 from workers.tasks.jobrun import Progress, Waiting, job_task, params_of

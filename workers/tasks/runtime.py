@@ -105,7 +105,7 @@ class DatasetImages:
         return [load_rgb(data[i]) for i in wanted]
 
     def loader(self, ids: Sequence[int], cfg: PreprocessConfig) -> Callable[[int], torch.Tensor]:
-        """Model input by image id, for ``workers.ml.mining.make_loader``: loose files are read
+        """Model input by image id, for ``workers.ml.sources.make_loader``: loose files are read
         when asked for, tar members are read up front (one pass over each shard)."""
         tarred = [self.names[i] for i in ids if shard_of(self.names[i]) is not None]
         cache = read_images(self.root, tarred) if tarred else {}

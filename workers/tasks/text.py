@@ -29,8 +29,8 @@ from contracts.jobs import (
 )
 from contracts.layout import Layout
 from contracts.spec import slugify
-from workers.ml.mining import make_loader
 from workers.ml.models import LoadedModel
+from workers.ml.sources import make_loader
 from workers.ml.text.families import propose_families
 from workers.ml.text.heads import NoTextHead, TextHead, make_text_head
 from workers.ml.text.index import search_index_arrays, unit_text_vectors
