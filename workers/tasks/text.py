@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import io
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from typing import Any, cast
 
@@ -91,7 +91,7 @@ class TextRun:
     text: dict[str, torch.Tensor]  # layer path -> (U, D) each unit's text vector
     vocab: list[str]
     vocab_emb: torch.Tensor  # (V, D) normalised
-    units: dict[tuple[int, int], Unit] = field(default_factory=dict)  # (layer id, index)
+    units: dict[tuple[int, int], Unit]  # (layer id, index) -> its row
 
 
 def _top_example_ids(
@@ -157,9 +157,20 @@ def _start(
         for u in session.scalars(select(Unit).where(Unit.layer_id.in_([x.id for x in plan.layers])))
     }
     return TextRun(
-        session, store, plan.model, plan.layers, loaded, head, params, top_ids, predicted, text,
-        vocab, vocab_emb, units,
-    )  # fmt: skip
+        session=session,
+        store=store,
+        model=plan.model,
+        layers=plan.layers,
+        loaded=loaded,
+        head=head,
+        params=params,
+        top_ids=top_ids,
+        predicted=predicted,
+        text=text,
+        vocab=vocab,
+        vocab_emb=vocab_emb,
+        units=units,
+    )
 
 
 def _index(run: TextRun) -> torch.Tensor:
