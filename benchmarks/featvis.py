@@ -131,7 +131,8 @@ def run_lucent(units: list[tuple[str, int]], steps: int, threads: int) -> list[d
 def score(model, layer, layout, units, images: torch.Tensor, preprocess) -> np.ndarray:
     """Our evaluator on 8-bit copies of (N, 3, S, S) images: max over positions, (N,)."""
     from workers.ml.featvis.render import evaluate_units
-    from workers.ml.featvis.transforms import from_pil, to_pil
+    from workers.ml.featvis.transforms import to_pil
+    from workers.ml.preprocess import from_pil
 
     a_max, _ = evaluate_units(model, layer, layout, units, from_pil(to_pil(images)), preprocess)
     return a_max.numpy()

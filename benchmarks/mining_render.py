@@ -17,7 +17,6 @@ import argparse
 import json
 import tempfile
 import time
-from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -27,14 +26,19 @@ from PIL import Image
 
 import workers.ml.render as render
 from workers.ml.demo_data import assemble_demo_dataset
-from workers.ml.hooks import run_to, to_unit_maps
 from workers.ml.images import list_images, load_rgb
 from workers.ml.layers import enumerate_layers
 from workers.ml.mining import Miner
 from workers.ml.models import load_model
 from workers.ml.preprocess import to_batch
 from workers.ml.receptive_field import receptive_field
-from workers.tasks.mining import RENDER_CHUNK, RENDER_THREADS, SHOWN, model_view, render_unit
+from workers.ml.sheets import (
+    RENDER_CHUNK,
+    RENDER_THREADS,
+    example_maps,
+    render_unit,
+    shown_images,
+)
 
 DEMO = Path("/tmp/up1/datasets/demo")
 BATCH = 32
@@ -67,26 +71,13 @@ def main() -> None:
         for i in range(0, len(imgs), BATCH)
     ]
     results = {p: r.finalize() for p, r in Miner(layouts).run(net, batches).items()}
-    views = {i: model_view(im, cfg) for i, im in enumerate(imgs)}
     # Every unit map a sheet shows (as mining computes them).
-    wanted: dict[int, set[tuple[str, int]]] = defaultdict(set)
-    for path, res in results.items():
-        for u in range(min(args.units, res.unit_count)):
-            for ids in (res.top_ids, res.neg_ids):
-                if ids is not None:
-                    for i in ids[u, :SHOWN].tolist():
-                        if i >= 0:
-                            wanted[i].add((path, u))
-    unit_maps: dict[tuple[str, int, int], torch.Tensor] = {}
-    for x, ids in batches:
-        with torch.inference_mode():
-            outs = run_to(net, x, list(layouts))
-        for path, out in outs.items():
-            maps = to_unit_maps(out, layouts[path]).float()  # (N, U, H, W)
-            for row, i in enumerate(ids.tolist()):
-                for p, u in wanted[i]:
-                    if p == path:
-                        unit_maps[(path, u, i)] = maps[row, u].clone()
+    wanted = shown_images(results, units=args.units)
+    chunks = (
+        (list(range(i, min(i + BATCH, len(imgs)))), imgs[i : i + BATCH])
+        for i in range(0, len(imgs), BATCH)
+    )
+    views, unit_maps = example_maps(net, layouts, wanted, chunks, cfg, "cpu")
     s = cfg.input_size
     fields = {p: receptive_field(net, p, layouts[p], s) for p in layouts}
     jobs = [(p, u) for p, res in results.items() for u in range(min(args.units, res.unit_count))]

@@ -45,6 +45,8 @@ FEATVIS_OBJECTIVES = ("channel", "neuron", "negative", "diversity")
 Objective = Literal["channel", "neuron", "negative", "diversity"]
 DEFAULT_WORDS = 10000  # dictionary words rendered and mined per model
 DEFAULT_CLIMB_UNITS = 8  # CLIP units per default layer whose token strings are hill-climbed
+DEFAULT_CLIMB_CANDIDATES = 64  # one-token words each climb searches
+DEFAULT_VOCAB_WORDS = 5000  # dictionary words in the text vocabulary (plus class names, prompts)
 DEFAULT_FEATVIS_STEPS = 512
 # A layer selection: "default" (the model's default layers) or explicit layer names.
 LayerSelection = Literal["default"] | list[str]
@@ -102,6 +104,8 @@ class TextViewsParams(JobParams):
     model_id: int
     dataset_id: int
     climb_units: int | None = DEFAULT_CLIMB_UNITS  # None: every unit; 0: none
+    climb_candidates: int = Field(default=DEFAULT_CLIMB_CANDIDATES, ge=1)
+    vocab_words: int = Field(default=DEFAULT_VOCAB_WORDS, ge=1)
 
 
 class RenderedWordsParams(JobParams):

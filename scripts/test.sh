@@ -9,8 +9,8 @@ export HF_HUB_OFFLINE=1 PYTHONDONTWRITEBYTECODE=1
 mkdir -p test-output
 echo "==> ruff"
 .venv/bin/ruff check backend contracts workers tests benchmarks migrations
-echo "==> mypy (the web process)"
-.venv/bin/mypy backend
+echo "==> mypy (web process, workers, contracts)"
+.venv/bin/mypy
 echo "==> pytest: SQLite + embedded broker"
 .venv/bin/python -m pytest -q "$@"
 echo "==> pytest: PostgreSQL + Redis + Celery"

@@ -81,6 +81,9 @@ class ArtifactOut(BaseModel):
     kind: str
     variant: str
     url: str
+    # Where the bytes are in the object store: the pages read JSON artifacts by it. Not part
+    # of the API (the url serves the same bytes).
+    storage_key: str = Field(exclude=True)
     content_type: str
     meta: dict[str, Any] | None
     provenance: dict[str, Any]

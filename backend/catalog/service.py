@@ -122,6 +122,7 @@ def artifact_out(a: Artifact) -> ArtifactOut:
         kind=a.kind,
         variant=a.variant,
         url=urls.object_url(a.storage_key),
+        storage_key=a.storage_key,
         content_type=a.content_type,
         meta=a.meta,
         provenance=a.provenance,

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import json
-from typing import Any
+from typing import Any, TypeVar
 
+from pydantic import ValidationError
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -12,6 +12,16 @@ from backend import urls
 from backend.catalog.schemas import ArtifactOut
 from backend.db.models import Image
 from backend.storage import NotFound, ObjectStore
+from contracts.artifacts import (
+    DatasetExamples,
+    Histogram,
+    JsonModel,
+    RankedStrings,
+    WeightsFactors,
+    WeightsSvd,
+)
+
+J = TypeVar("J", bound=JsonModel)
 
 # Artifact kind -> the tab that shows it, in tab order.
 VIEW_OF_KIND = {
@@ -43,23 +53,30 @@ def group_views(by_kind: dict[str, list[ArtifactOut]]) -> dict[str, dict[str, li
     return views
 
 
-def _key(url: str) -> str:
-    return url.removeprefix("/objects/")
+def read_json(store: ObjectStore, art: ArtifactOut | None, shape: type[J]) -> J | None:
+    """A JSON artifact read as the contract its writer used; None when there is none, its
+    bytes are gone or they are not that shape (a page shows the view as missing)."""
+    if art is None:
+        return None
+    try:
+        return shape.model_validate_json(store.get(art.storage_key))
+    except (NotFound, ValidationError):
+        return None
 
 
 def _ranked(store: ObjectStore, arts: list[ArtifactOut]) -> list[dict[str, Any]]:
-    if not arts:
+    ranked = read_json(store, next(iter(arts), None), RankedStrings)
+    if ranked is None:
         return []
-    try:
-        top = json.loads(store.get(_key(arts[0].url))).get("top", [])
-    except (NotFound, ValueError):
-        return []
-    scores = [t["score"] for t in top]
+    scores = [t.score for t in ranked.top]
     # Bars from zero, or from the lowest score when some are negative (climbed strings pay a
     # penalty and may all score below zero).
     lo = min(0.0, *scores) if scores else 0.0
     span = (max(scores, default=1.0) - lo) or 1.0
-    return [{**t, "width": max(2.0, 100.0 * (t["score"] - lo) / span)} for t in top]
+    return [
+        {"text": t.text, "score": t.score, "width": max(2.0, 100.0 * (t.score - lo) / span)}
+        for t in ranked.top
+    ]
 
 
 def text_view(store: ObjectStore, arts: dict[str, list[ArtifactOut]]) -> dict[str, Any] | None:
@@ -74,21 +91,13 @@ def text_view(store: ObjectStore, arts: dict[str, list[ArtifactOut]]) -> dict[st
     return {"top": strings, "climbed": climbed, "words": words}
 
 
-def _json(store: ObjectStore, art: ArtifactOut | None) -> dict[str, Any] | None:
-    if art is None:
-        return None
-    try:
-        data = json.loads(store.get(_key(art.url)))
-    except (NotFound, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
 SVD_BOX = 240  # the SVD scatter plot's side, in SVG units
 SVD_PAD = 10
 
 
-def svd_points(units: list[list[float]], unit: int, unit_url: str) -> dict[str, Any]:
+def svd_points(
+    units: list[tuple[float, float]], unit: int, unit_url: str
+) -> dict[str, Any]:
     """SVG circles for every unit's (first, second) singular-vector coordinates, scaled into
     the plot; ``unit`` is the one highlighted, ``unit_url`` its page (the others are beside it)."""
     xs, ys = [p[0] for p in units], [p[1] for p in units]
@@ -119,27 +128,26 @@ def weights_view(
     placement with this unit highlighted."""
     nmf = arts.get("weights_nmf") or []
     image = next((a for a in nmf if a.variant == "rgb"), None)
-    factors = _json(store, next((a for a in nmf if a.variant == "factors"), None))
+    factors_art = next((a for a in nmf if a.variant == "factors"), None)
+    factors = read_json(store, factors_art, WeightsFactors)
     svd_art = next(iter(arts.get("weights_svd") or []), None)
-    svd = _json(store, svd_art)
+    svd = read_json(store, svd_art, WeightsSvd)
     if image is None and svd is None:
         return None
     placement = None
-    if svd and svd.get("units"):
+    if svd_art is not None and svd is not None and svd.units:
         placement = {
-            **svd_points(svd["units"], unit, unit_url),
-            "inputs": svd.get("inputs"),
-            "explained": (svd_art.meta or {}).get("explained") if svd_art else None,
-            "url": svd_art.url if svd_art else None,
+            **svd_points(svd.units, unit, unit_url),
+            "inputs": svd.inputs,
+            "explained": (svd_art.meta or {}).get("explained"),
+            "url": svd_art.url,
         }
     return {"image": image, "factors": factors, "svd": placement}
 
 
-def histogram_bars(
-    hist: dict[str, Any], width: int = 320, height: int = 80
-) -> list[dict[str, float]]:
-    """SVG rectangles for a histogram {lo, hi, counts}."""
-    counts = hist.get("counts") or []
+def histogram_bars(hist: Histogram, width: int = 320, height: int = 80) -> list[dict[str, float]]:
+    """SVG rectangles for a histogram's counts."""
+    counts = hist.counts
     if not counts:
         return []
     top = max(counts) or 1
@@ -160,19 +168,15 @@ def examples_view(
     session: Session, store: ObjectStore, arts: dict[str, list[ArtifactOut]]
 ) -> dict[str, Any] | None:
     """Sheets (crops and heatmaps), the quantile strata as thumbnails, the histogram."""
-    indexes = arts.get("dataset_examples") or []
-    if not indexes:
-        return None
-    index = indexes[0]
-    try:
-        data = json.loads(store.get(_key(index.url)))
-    except (NotFound, ValueError):
+    index = next(iter(arts.get("dataset_examples") or []), None)
+    data = read_json(store, index, DatasetExamples)
+    if index is None or data is None:
         return None
     sheets: dict[str, dict[str, str]] = {}
     for kind in ("example_crop", "example_heatmap"):
         for a in arts.get(kind, []):
             sheets.setdefault(a.variant, {})[kind] = a.url
-    strata_ids = {i for s in data.get("strata", []) for i in s.get("image_ids", [])}
+    strata_ids = {i for s in data.strata for i in s.image_ids}
     thumbs: dict[int, str] = {}
     if strata_ids:
         rows = session.execute(
@@ -181,23 +185,22 @@ def examples_view(
         thumbs = {i: urls.object_url(k) for i, k in rows if k}
     strata = [
         {
-            "lo": s["lo"],
-            "hi": s["hi"],
+            "lo": s.lo,
+            "hi": s.hi,
             "images": [
                 {"id": i, "score": sc, "thumb": thumbs.get(i)}
-                for i, sc in zip(s["image_ids"], s["scores"], strict=False)
+                for i, sc in zip(s.image_ids, s.scores, strict=False)
             ],
         }
-        for s in data.get("strata", [])
+        for s in reversed(data.strata)  # highest activations first
     ]
-    strata.reverse()  # highest activations first
     return {
-        "top": data.get("top", []),
-        "negative": data.get("negative"),
+        "top": data.top,
+        "negative": data.negative,
         "sheets": sheets,
         "strata": strata,
-        "histogram": data.get("histogram", {}),
-        "bars": histogram_bars(data.get("histogram", {})),
-        "stats": data.get("stats", {}),
+        "histogram": data.histogram,
+        "bars": histogram_bars(data.histogram),
+        "stats": data.stats,
         "index_url": index.url,
     }

@@ -1,12 +1,12 @@
 from __future__ import annotations
 
 import io
-import json
 
 from bs4 import BeautifulSoup
 from PIL import Image
 
 from backend.storage import make_store
+from contracts.artifacts import FactorInput, RankedStrings, WeightsFactors, WeightsSvd
 from tests.factories import make_artifact, make_layer, make_model
 
 HTML = {"Accept": "text/html"}
@@ -114,7 +114,7 @@ def test_text_tab_shows_vocabulary_and_hill_climbed_strings(client, session, set
         "hill_climb": [("dog dog puppy", -0.01), ("dog cat puppy", -0.05)],
     }
     for variant, top in ranked.items():
-        data = json.dumps({"top": [{"text": t, "score": s} for t, s in top]}).encode()
+        data = RankedStrings.of(top).model_dump_json().encode()
         make_artifact(
             session, store, m, layer, 1, "text_fv", data, "json", "application/json", variant
         )
@@ -141,21 +141,33 @@ def test_weights_tab_shows_nmf_image_colours_and_svd_placement(client, session, 
         session, store, m, layer, 2, "weights_nmf", buf.getvalue(), "png", "image/png", "rgb"
     )
     png.meta = {"kernel": [3, 3]}
-    factors = {
-        "inputs": "input channels of blocks.1.0.conv_dw",
-        "error": 0.25,
-        "colours": {
-            "red": [{"channel": 7, "sign": "+", "share": 0.5}],
-            "green": [{"channel": 3, "sign": "-", "share": 0.4}],
-            "blue": [{"channel": 1, "sign": "+", "share": 0.3}, {"channel": 2, "sign": "-"}],
+    inputs = "input channels of blocks.1.0.conv_dw"
+
+    def read(channel: int, sign: str, share: float) -> FactorInput:
+        return FactorInput(channel=channel, name=str(channel), sign=sign, share=share)
+
+    factors = WeightsFactors(
+        inputs=inputs,
+        input_count=8,
+        kernel=(3, 3),
+        error=0.25,
+        converged=True,
+        colours={
+            "red": [read(7, "+", 0.5)],
+            "green": [read(3, "-", 0.4)],
+            "blue": [read(1, "+", 0.3), read(2, "-", 0.1)],
         },
-    }
-    svd = {
-        "inputs": "input channels of blocks.1.0.conv_dw",
-        "units": [[0, 0], [1, 1], [2, 0], [1, 2]],
-    }
+        components=[[0.0] * 16] * 3,
+    )
+    svd = WeightsSvd(
+        matrix="|W|",
+        inputs=inputs,
+        units=[(0, 0), (1, 1), (2, 0), (1, 2)],
+        input_channels=[(0, 0)] * 8,
+        singular_values=[2.0, 1.0],
+    )
     for variant, kind, data in [("factors", "weights_nmf", factors), ("", "weights_svd", svd)]:
-        blob = json.dumps(data).encode()
+        blob = data.model_dump_json().encode()
         make_artifact(
             session, store, m, layer, None, kind, blob, "json", "application/json", variant
         )

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import numpy as np
 import pytest
 import torch
@@ -18,9 +16,10 @@ from workers.ml.featvis.param import FourierImage
 from workers.ml.featvis.render import element_seeds, evaluate_units, optimise
 from workers.ml.featvis.transforms import TransformConfig, frozen, sample_theta, warp
 from workers.ml.hooks import capture
+from workers.ml.models import PreprocessConfig
 
 NCHW = Layout("nchw")
-PRE = SimpleNamespace(input_size=32, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+PRE = PreprocessConfig(32, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), "bilinear", 1.0)
 
 
 class TinyNet(nn.Module):
@@ -280,7 +279,7 @@ def test_timm_vit_token_layout_objective_rises() -> None:
         "vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8, depth=2
     ).eval()
     layout = Layout("nlc", prefix_tokens=1)
-    pre = SimpleNamespace(input_size=32, mean=(0.5,) * 3, std=(0.5,) * 3)
+    pre = PreprocessConfig(32, (0.5,) * 3, (0.5,) * 3, "bilinear", 1.0)
     with frozen(vit):
         states = list(
             optimise(

@@ -14,7 +14,7 @@ from workers.ml.images import (
     list_images,
     load_rgb,
     thumbnail_jpeg,
-    to_webp,
+    webp_bytes,
 )
 
 
@@ -122,6 +122,6 @@ def test_thumbnail_and_webp(coffee):
     thumb = Image.open(io.BytesIO(thumbnail_jpeg(coffee, max_side=64)))
     assert thumb.format == "JPEG"
     assert max(thumb.size) == 64
-    webp = Image.open(io.BytesIO(to_webp(coffee)))
+    webp = Image.open(io.BytesIO(webp_bytes(coffee)))
     assert webp.format == "WEBP"
     assert webp.size == coffee.size

@@ -14,12 +14,11 @@ from workers.ml.mining import (
     Miner,
     decode_keys,
     make_keys,
-    make_loader,
     merge_layer_states,
     merge_reducers,
-    split_shards,
     splitmix64,
 )
+from workers.ml.sources import make_loader, split_shards
 
 N_IMAGES = 40
 BATCH = 7
@@ -214,9 +213,9 @@ def test_strata_and_histogram_cover_the_sketch(data, maps):
             prev_hi = float(got.max())
         assert float(res.strata_scores[unit, 0, 0]) == float(red.state.sketch_scores[unit].min())
     view = res.unit(2)
-    assert len(view["strata"]) == 4
-    assert sum(view["histogram"]["counts"]) == R
-    assert [e["image_id"] for e in view["top"]] == res.top_ids[2].tolist()
+    assert len(view.strata) == 4
+    assert sum(view.histogram.counts) == R
+    assert [e.image_id for e in view.top] == res.top_ids[2].tolist()
 
 
 def test_small_sketch_pads_strata(data, maps):

@@ -25,7 +25,7 @@ from workers.ml.images import load_rgb
 from workers.ml.models import load_model
 from workers.ml.preprocess import to_batch
 from workers.ml.receptive_field import position_center
-from workers.ml.sources import read_image_bytes
+from workers.ml.sources import read_images
 from workers.tasks.catalog import register
 from workers.tasks.datasets import import_folder
 from workers.tasks.jobrun import Waiting, run_job
@@ -103,7 +103,8 @@ def brute_force(url: str, ds_id: int, path: str) -> tuple[list[int], torch.Tenso
             .order_by(ImageRow.position)
         ).all()
         source = s.get(Dataset, ds_id).source
-    x = to_batch([load_rgb(read_image_bytes(Path(source), p)) for _, p in rows], loaded.preprocess)
+    data = read_images(Path(source), [p for _, p in rows])
+    x = to_batch([load_rgb(data[p]) for _, p in rows], loaded.preprocess)
     with torch.inference_mode():
         maps = to_unit_maps(run_to(loaded.image_model, x, [path])[path], Layout("nchw"))
     return [r[0] for r in rows], maps.flatten(2).max(-1).values, maps  # (N, U), (N, U, H, W)

@@ -11,6 +11,7 @@ from PIL import Image
 from torch import nn
 
 from contracts.layout import Layout
+from workers.ml.images import webp_bytes
 from workers.ml.mining import LayerReducer
 from workers.ml.receptive_field import (
     RF,
@@ -19,7 +20,7 @@ from workers.ml.receptive_field import (
     receptive_field,
     token_rf,
 )
-from workers.ml.render import VIRIDIS, colorize, crop_example, heatmap_overlay, to_webp_bytes
+from workers.ml.render import VIRIDIS, colorize, crop_example, heatmap_overlay
 
 NCHW = Layout("nchw")
 
@@ -201,7 +202,7 @@ def test_heatmap_overlay_maps_low_and_high_to_the_lut_ends():
 
 def test_webp_bytes_round_trip():
     img = Image.new("RGB", (40, 24), (200, 30, 30))
-    data = to_webp_bytes(img, quality=80)
+    data = webp_bytes(img, quality=80)
     assert data[:4] == b"RIFF"
     assert data[8:12] == b"WEBP"
     back = Image.open(io.BytesIO(data))

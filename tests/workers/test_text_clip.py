@@ -6,16 +6,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from backend.textsearch import TextIndex
 from contracts.layout import Layout
 from workers.ml.models import load_model
 from workers.ml.text.heads import encode_tokens, make_text_head
-from workers.ml.text.search import SearchIndex
+from workers.ml.text.index import search_index_arrays
 from workers.ml.text.textfv import (
     LM_PENALTY,
     climb_candidates,
     hill_climb,
+    one_token_words,
     top_strings,
-    word_token_ids,
 )
 from workers.ml.text.unit_vectors import compute_unit_vectors
 
@@ -57,7 +58,7 @@ def test_hill_climb_only_moves_up_and_is_deterministic(rn50) -> None:
     head = make_text_head(rn50)
     direction = head.encode(["dog"])[0]  # (D,)
     words = ["dog", "cat", "tree", "house", "car", "boat", "photo", "red"]
-    ids = word_token_ids(words)
+    _, ids = one_token_words(words)
     cands = climb_candidates(direction, head.encode(words), ids, k=6)
     assert len(cands) == 6 and cands[0] == ids[0]  # "dog" itself is closest
     climb = hill_climb(rn50, direction, cands, n_tokens=2, sweeps=1, keep=5)
@@ -78,13 +79,14 @@ def test_rn50_end_to_end_search_and_textfv(rn50) -> None:
     layers = {"layer4.0": Layout("nchw"), "layer4": Layout("nchw")}
     vectors = compute_unit_vectors(rn50, head, layers, [(x, torch.arange(2))], rank=4)
     assert vectors["layer4"].shape == (2048, 1024) and vectors["layer4.0"].shape == (2048, 1024)
-    index = SearchIndex(vectors)
-    q = head.logit_direction(["a photo of a dog"])[0]
-    found = index.query(q, top=5)
-    best = int(
-        torch.argmax(head.penultimate_weights(["a photo of a dog"])[0] / (head.readout.norm(dim=0)))
-    )
-    assert ("layer4", best) in [(lay, u) for lay, u, _ in index.query(q, top=5, layer="layer4")]
+    prompt = "a photo of a dog"
+    # The published index as the web process queries it: the prompt is its vocabulary.
+    q = head.logit_direction([prompt])  # (1, D)
+    index = TextIndex(search_index_arrays(list(vectors.items()), [prompt], q))
+    found, _ = index.search(prompt, top=5)
+    best = int(torch.argmax(head.penultimate_weights([prompt])[0] / (head.readout.norm(dim=0))))
+    in_layer4, _ = index.search(prompt, top=5, layer="layer4")
+    assert ("layer4", best) in [(h.layer, h.unit) for h in in_layer4]
     assert len(found) == 5
     emb = head.encode(VOCAB)
     tops = top_strings(vectors["layer4"][:3], emb, VOCAB, k=4)
@@ -127,7 +129,7 @@ def test_vit_readout_matches_a_last_block_perturbation(tmp_path) -> None:
 
     change = embed(eps) - embed(0.0)  # (D,)
     assert F.cosine_similarity(change, head.readout[:, unit], dim=0) > 0.99
-    ids = word_token_ids(["dog", "cat", "tree", "house", "car", "boat"], limit=6)
+    _, ids = one_token_words(["dog", "cat", "tree", "house", "car", "boat"])
     climb = hill_climb(loaded, head.readout[:, unit], ids, n_tokens=2, sweeps=1)
     assert len(climb.tokens) == 2 and climb.text
     # The climb's score is the cosine of its own text minus the penalty.

@@ -25,7 +25,8 @@ from workers.ml.text.textfv import LM_PENALTY
 from workers.tasks.catalog import register
 from workers.tasks.datasets import import_folder
 from workers.tasks.jobrun import Waiting, run_job
-from workers.tasks.mining import cached_model, mine, mine_shard
+from workers.tasks.mining import mine, mine_shard
+from workers.tasks.runtime import cached_model
 from workers.tasks.text import rendered_words, text_views
 
 pytestmark = pytest.mark.slow  # builds each model three times and runs every text job on it

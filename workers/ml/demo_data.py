@@ -14,6 +14,7 @@ import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -157,7 +158,7 @@ def _tuxpaint_items() -> list[_Item]:
             continue
         rel = path.relative_to(TUXPAINT_STAMPS).with_suffix("").as_posix()
         # load_rgb composites the transparent surround onto neutral mid-gray.
-        items.append(_Item(f"tuxpaint-{_slug(rel)}.jpg", "tuxpaint", lambda p=path: load_rgb(p)))
+        items.append(_Item(f"tuxpaint-{_slug(rel)}.jpg", "tuxpaint", partial(load_rgb, path)))
     return items
 
 
@@ -201,13 +202,14 @@ def _wallpaper_items(path: Path, prefix: str, slot: _LastDecoded) -> list[_Item]
     source = prefix.split("-")[0]
 
     def full() -> Image.Image:
-        return slot.get(path, width * height)
+        return _shrink(slot.get(path, width * height))
 
-    items = [_Item(f"{prefix}-full.jpg", source, lambda: _shrink(full()))]
+    def crop(box: tuple[int, int, int, int]) -> Image.Image:
+        return _shrink(slot.get(path, width * height).crop(box))
+
+    items = [_Item(f"{prefix}-full.jpg", source, full)]
     for i, box in enumerate(_crop_grid(width, height)):
-        items.append(
-            _Item(f"{prefix}-crop{i:02d}.jpg", source, lambda b=box: _shrink(full().crop(b)))
-        )
+        items.append(_Item(f"{prefix}-crop{i:02d}.jpg", source, partial(crop, box)))
     return items
 
 

@@ -19,8 +19,8 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
 
+from contracts.artifacts import DatasetExamples, Example, Histogram, Stratum, UnitStats
 from contracts.layout import Layout
 from workers.ml.hooks import run_to, to_unit_maps
 
@@ -119,13 +119,15 @@ class LayerResult:
     def unit_count(self) -> int:
         return int(self.top_ids.shape[0])
 
-    def unit(self, index: int) -> dict[str, Any]:
-        """Plain-Python view of one unit (lists, floats) for storage or JSON."""
+    def unit(self, index: int) -> DatasetExamples:
+        """One unit's examples, strata, histogram and moments, as its artifact stores them."""
 
-        def examples(ids: torch.Tensor, scores: torch.Tensor, ys: torch.Tensor, xs: torch.Tensor):
+        def examples(
+            ids: torch.Tensor, scores: torch.Tensor, ys: torch.Tensor, xs: torch.Tensor
+        ) -> list[Example]:
             keep = ids[index] >= 0
             return [
-                {"image_id": int(i), "score": float(s), "y": int(y), "x": int(x)}
+                Example(image_id=int(i), score=float(s), y=int(y), x=int(x))
                 for i, s, y, x in zip(
                     ids[index][keep].tolist(),
                     scores[index][keep].tolist(),
@@ -145,31 +147,31 @@ class LayerResult:
         for s in range(self.strata_ids.shape[1]):
             keep = self.strata_ids[index, s] >= 0
             strata.append(
-                {
-                    "lo": float(self.strata_edges[index, s]),
-                    "hi": float(self.strata_edges[index, s + 1]),
-                    "image_ids": self.strata_ids[index, s][keep].tolist(),
-                    "scores": self.strata_scores[index, s][keep].tolist(),
-                }
+                Stratum(
+                    lo=float(self.strata_edges[index, s]),
+                    hi=float(self.strata_edges[index, s + 1]),
+                    image_ids=self.strata_ids[index, s][keep].tolist(),
+                    scores=self.strata_scores[index, s][keep].tolist(),
+                )
             )
-        return {
-            "top": examples(self.top_ids, self.top_scores, self.top_y, self.top_x),
-            "negative": negative,
-            "strata": strata,
-            "histogram": {
-                "lo": float(self.hist_lo[index]),
-                "hi": float(self.hist_hi[index]),
-                "counts": self.hist_counts[index].tolist(),
-            },
-            "stats": {
-                "count": self.count,
-                "mean": float(self.mean[index]),
-                "std": float(self.std[index]),
-                "active_share": float(self.active_share[index]),
-                "min": float(self.min[index]),
-                "max": float(self.max[index]),
-            },
-        }
+        return DatasetExamples(
+            top=examples(self.top_ids, self.top_scores, self.top_y, self.top_x),
+            negative=negative,
+            strata=strata,
+            histogram=Histogram(
+                lo=float(self.hist_lo[index]),
+                hi=float(self.hist_hi[index]),
+                counts=self.hist_counts[index].tolist(),
+            ),
+            stats=UnitStats(
+                count=self.count,
+                mean=float(self.mean[index]),
+                std=float(self.std[index]),
+                active_share=float(self.active_share[index]),
+                min=float(self.min[index]),
+                max=float(self.max[index]),
+            ),
+        )
 
 
 @dataclass
@@ -466,13 +468,6 @@ def merge_layer_states(shards: Sequence[dict[str, LayerReducer]]) -> dict[str, L
     return {path: merge_reducers([s[path] for s in shards]) for path in shards[0]}
 
 
-def split_shards(n_items: int, shard_size: int) -> list[range]:
-    """Consecutive index ranges of at most ``shard_size`` items covering ``range(n_items)``."""
-    if shard_size < 1:
-        raise ValueError("shard_size must be positive")
-    return [range(s, min(s + shard_size, n_items)) for s in range(0, n_items, shard_size)]
-
-
 Progress = Callable[[int], None]
 
 
@@ -527,34 +522,3 @@ class Miner:
             if progress is not None:
                 progress(done)
         return self.reducers
-
-
-class IdDataset(Dataset):
-    """A DataLoader-friendly dataset of (image tensor (3, S, S), id) from a loader function."""
-
-    def __init__(self, ids: Sequence[int], load: Callable[[int], torch.Tensor]) -> None:
-        self.ids = list(ids)
-        self.load = load
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        image_id = self.ids[i]
-        return self.load(image_id), image_id
-
-
-def make_loader(
-    ids: Sequence[int],
-    load: Callable[[int], torch.Tensor],
-    batch_size: int = 32,
-    num_workers: int = 0,
-) -> DataLoader:
-    """Batches of (images (N, 3, S, S), ids (N,) int64) in id-list order, for :meth:`Miner.run`."""
-    return DataLoader(
-        IdDataset(ids, load),
-        batch_size=batch_size,
-        shuffle=False,
-        num_workers=num_workers,
-        pin_memory=torch.cuda.is_available(),
-    )

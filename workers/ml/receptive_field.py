@@ -163,17 +163,24 @@ def compute_receptive_field(
     # twice the image and, centred inside it, every box is the whole image anyway.
     try:
         _, q1, q2, c1, c2 = _measure(probe, module_path, layout, 2 * s, max(_PROBES // 2, 1))
-    except (RuntimeError, ValueError):
-        c1 = c2 = None  # a module needs the native size (e.g. a fixed-size head)
-    if c1 is None or c2 is None or not (_unclamped(c1, 2 * s) and _unclamped(c2, 2 * s)):
+    except (RuntimeError, ValueError):  # a module needs the native size (a fixed-size head)
+        return RF(2 * s, 2 * s, cell[0], cell[1], -s, -s)
+    if not (_unclamped(c1, 2 * s) and _unclamped(c2, 2 * s)):
         return RF(2 * s, 2 * s, cell[0], cell[1], -s, -s)
     sy, ty, oy_big = _axis(c1[0], c1[2], c2[0], q1[0], q2[0], cell[0])
     sx, tx, ox_big = _axis(c1[1], c1[3], c2[1], q1[1], q2[1], cell[1])
     # Offsets from the real size where one side is free: same-padding can shift by a pixel
     # with the input size.
-    oy = _free_offset(b1[0], b1[2], p1[0], sy, ty, s)
-    ox = _free_offset(b1[1], b1[3], p1[1], sx, tx, s)
-    return RF(sy, sx, ty, tx, oy_big if oy is None else oy, ox_big if ox is None else ox)
+    oy_free = _free_offset(b1[0], b1[2], p1[0], sy, ty, s)
+    ox_free = _free_offset(b1[1], b1[3], p1[1], sx, tx, s)
+    return RF(
+        sy,
+        sx,
+        ty,
+        tx,
+        oy_big if oy_free is None else oy_free,
+        ox_big if ox_free is None else ox_free,
+    )
 
 
 def receptive_field(model: nn.Module, module_path: str, layout: Layout, input_size: int) -> RF:

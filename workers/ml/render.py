@@ -1,12 +1,10 @@
-"""Dataset-example images: receptive-field crops, activation heatmaps, WebP bytes.
+"""Dataset-example images: receptive-field crops and activation heatmaps.
 
 Every function takes the model-view image (the S x S resized and centre-cropped input the
 model saw), so unit-map positions and receptive-field boxes map onto it directly.
 """
 
 from __future__ import annotations
-
-import io
 
 import numpy as np
 import torch
@@ -90,10 +88,3 @@ def heatmap_overlay(
         top, left, bottom, right = box
         ImageDraw.Draw(out).rectangle((left, top, right - 1, bottom - 1), outline=(255, 255, 255))
     return out
-
-
-def to_webp_bytes(img: Image.Image, quality: int = 80) -> bytes:
-    """The image encoded as WebP."""
-    buf = io.BytesIO()
-    img.save(buf, format="WEBP", quality=quality, method=4)
-    return buf.getvalue()

@@ -1,4 +1,5 @@
-"""Where a dataset's images come from: an image folder, and/or WebDataset-style tar shards.
+"""Where a dataset's images come from (an image folder, and/or WebDataset-style tar shards),
+how they are split into shards, and how they are batched for the model.
 
 A tar shard (``*.tar`` anywhere under the dataset root) holds samples as members
 ``<key>.<ext>``; its images are named ``<tar path>::<member>`` and are read shard by shard,
@@ -8,8 +9,12 @@ in the order the tar stores them, which is how large image collections ship.
 from __future__ import annotations
 
 import tarfile
-from collections.abc import Iterator
+from collections import defaultdict
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path, PurePosixPath
+
+import torch
+from torch.utils.data import DataLoader, Dataset
 
 from workers.ml.images import IMAGE_EXTENSIONS, list_images
 
@@ -57,14 +62,77 @@ def shard_of(name: str) -> str | None:
     return name.split(SEP, 1)[0] if SEP in name else None
 
 
-def read_image_bytes(root: Path, name: str) -> bytes:
-    """One image's bytes by name (a tar member costs a scan of its shard: prefer iter_tar)."""
-    tar = shard_of(name)
-    if tar is None:
-        return (root / name).read_bytes()
-    member = name.split(SEP, 1)[1]
-    with tarfile.open(root / tar) as tf:
-        f = tf.extractfile(member)
-        if f is None:
-            raise FileNotFoundError(name)
-        return f.read()
+def read_images(root: Path, names: list[str]) -> dict[str, bytes]:
+    """Bytes of many images by name, reading each tar shard once, in one streaming pass."""
+    out: dict[str, bytes] = {}
+    by_tar: dict[str, set[str]] = defaultdict(set)
+    for n in names:
+        tar = shard_of(n)
+        if tar is None:
+            out[n] = (root / n).read_bytes()
+        else:
+            by_tar[tar].add(n)
+    for tar, wanted in by_tar.items():
+        for name, data in iter_tar(root, tar):
+            if name in wanted:
+                out[name] = data
+    missing = [n for n in names if n not in out]
+    if missing:
+        raise FileNotFoundError(f"{len(missing)} images are gone from their shards: {missing[0]}")
+    return out
+
+
+def split_shards(n_items: int, shard_size: int) -> list[range]:
+    """Consecutive index ranges of at most ``shard_size`` items covering ``range(n_items)``."""
+    if shard_size < 1:
+        raise ValueError("shard_size must be positive")
+    return [range(s, min(s + shard_size, n_items)) for s in range(0, n_items, shard_size)]
+
+
+def plan_shards(names: list[str], size: int) -> list[range]:
+    """Index ranges into ``names`` (a dataset's images in order) to mine as separate jobs:
+    loose files split by listing into shards of ``size``, and each tar shard's images
+    (contiguous) as one shard, so a job reads its tar once, front to back."""
+    loose = sum(1 for n in names if shard_of(n) is None)
+    shards = split_shards(loose, size) if loose else []
+    i = loose
+    while i < len(names):
+        tar = shard_of(names[i])
+        j = i
+        while j < len(names) and shard_of(names[j]) == tar:
+            j += 1
+        shards.append(range(i, j))
+        i = j
+    return shards
+
+
+class IdDataset(Dataset):
+    """A DataLoader-friendly dataset of (image tensor (3, S, S), id) from a loader function."""
+
+    def __init__(self, ids: Sequence[int], load: Callable[[int], torch.Tensor]) -> None:
+        self.ids = list(ids)
+        self.load = load
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        image_id = self.ids[i]
+        return self.load(image_id), image_id
+
+
+def make_loader(
+    ids: Sequence[int],
+    load: Callable[[int], torch.Tensor],
+    batch_size: int = 32,
+    num_workers: int = 0,
+) -> DataLoader:
+    """Batches of (images (N, 3, S, S), ids (N,) int64) in id-list order, for
+    :meth:`workers.ml.mining.Miner.run`."""
+    return DataLoader(
+        IdDataset(ids, load),
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=num_workers,
+        pin_memory=torch.cuda.is_available(),
+    )

@@ -21,6 +21,7 @@ from sklearn.decomposition import NMF
 from sklearn.exceptions import ConvergenceWarning
 from torch import nn
 
+from contracts.artifacts import FactorInput, WeightsFactors, WeightsSvd
 from workers.ml.hooks import capture
 
 # Path segments of modules whose convolutions do not produce a block's units: the residual
@@ -83,10 +84,16 @@ def _bn_after(model: nn.Module, path: str) -> nn.modules.batchnorm._BatchNorm | 
     return None
 
 
+def _conv(model: nn.Module, path: str) -> nn.Conv2d:
+    conv = model.get_submodule(path)
+    if not isinstance(conv, nn.Conv2d):
+        raise TypeError(f"{path} is a {type(conv).__name__}, not a Conv2d")
+    return conv
+
+
 def _scaled(model: nn.Module, path: str) -> torch.Tensor:
     """A conv's weight (C_out, C_in/groups, kh, kw) times the following BatchNorm's scale."""
-    conv = model.get_submodule(path)
-    w = conv.weight.detach().float().cpu()
+    w = _conv(model, path).weight.detach().float().cpu()
     bn = _bn_after(model, path)
     if bn is None:
         return w
@@ -133,7 +140,7 @@ def unit_weights(
         if not _SIDE_PATHS & set(c.path[len(prefix) :].split("."))
         and not (c.out_side == 1 and widest > 1)  # a gate on pooled features
     ]
-    convs = {c.path: model.get_submodule(c.path) for c in eligible}
+    convs = {c.path: _conv(model, c.path) for c in eligible}
     producers = [i for i, c in enumerate(eligible) if convs[c.path].out_channels == unit_count]
     if not producers:
         raise NoWeights(f"no convolution in {module_path or 'the model'} outputs its units")
@@ -238,3 +245,67 @@ def svd_placement(weight: np.ndarray) -> SvdPlacement:
     u, s, vt = np.linalg.svd(m.astype(np.float64), full_matrices=False)
     signs = np.where(u[:, :2].sum(axis=0) < 0, -1.0, 1.0)  # (2,)
     return SvdPlacement(u[:, :2] * signs, vt[:2].T * signs, s)
+
+
+# ---------------------------------------------------------------------------------------------
+# The artifacts pages read
+
+TOP_INPUTS = 6  # input channels listed per colour
+COLOURS = ("red", "green", "blue")
+
+
+def svd_artifact(uw: UnitWeights, svd: SvdPlacement) -> WeightsSvd:
+    """A layer's SVD placement as its ``weights_svd`` JSON."""
+    return WeightsSvd(
+        matrix="sum over kernel positions of |W|, rows: units, columns: inputs",
+        inputs=uw.inputs,
+        units=np.round(svd.units, 6).tolist(),  # (C_out, 2)
+        input_channels=np.round(svd.inputs, 6).tolist(),  # (C_in, 2)
+        singular_values=np.round(svd.singular_values[:16], 6).tolist(),
+    )
+
+
+def explained(svd: SvdPlacement) -> list[float]:
+    """The share of M's squared norm each of the two placing vectors explains."""
+    sq = svd.singular_values**2
+    return [round(float(v), 4) for v in sq[:2] / sq.sum()]
+
+
+def _top_inputs(component: np.ndarray, c_in: int, names: list[str] | None) -> list[FactorInput]:
+    """A colour's strongest input channels (at least a fifth of the strongest one's weight):
+    index, name, sign of the weight, share of the colour."""
+    order = np.argsort(-component)[:TOP_INPUTS]
+    total = float(component.sum()) or 1.0
+    return [
+        FactorInput(
+            channel=int(i % c_in),
+            name=names[i % c_in] if names else str(i % c_in),
+            sign="+" if i < c_in else "-",
+            share=round(float(component[i]) / total, 4),
+        )
+        for i in order
+        if component[i] > 0 and component[i] >= 0.2 * component[order[0]]
+    ]
+
+
+def factors_artifact(uw: UnitWeights, nmf: NmfRgb) -> WeightsFactors:
+    """What each colour of a layer's NMF-RGB images reads, as its ``weights_nmf`` factors JSON."""
+    _, c_in, kh, kw = uw.weight.shape
+    return WeightsFactors(
+        inputs=uw.inputs,
+        input_count=c_in,
+        kernel=(kh, kw),
+        error=round(nmf.error, 4),
+        converged=nmf.converged,
+        colours={
+            colour: _top_inputs(nmf.components[k], c_in, uw.channel_names)
+            for k, colour in enumerate(COLOURS)
+        },
+        components=np.round(nmf.components, 5).tolist(),  # (3, 2*C_in): [+W | -W]
+    )
+
+
+def colour_share(unit_map: np.ndarray) -> list[float]:
+    """How much of a unit's (kh, kw, 3) NMF map each colour carries."""
+    strength = unit_map.reshape(-1, unit_map.shape[-1]).sum(axis=0)  # (3,)
+    return [round(float(v), 4) for v in strength / (strength.sum() or 1)]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from sqlalchemy import delete
@@ -12,6 +11,7 @@ from backend import __version__
 from backend.db.base import utcnow
 from backend.db.models import ARTIFACT_KINDS, Artifact, Layer, Model
 from backend.storage import ObjectStore, artifact_key, params_hash
+from contracts.artifacts import JsonModel
 
 
 def publish(
@@ -68,43 +68,16 @@ def publish(
     return art
 
 
-def publish_json(session: Session, store: ObjectStore, payload: Any, **fields: Any) -> Artifact:
-    """``payload`` as a JSON artifact; ``fields`` are publish's (model, layer, unit, kind,
-    variant, params, meta)."""
+def publish_json(
+    session: Session, store: ObjectStore, payload: JsonModel, **fields: Any
+) -> Artifact:
+    """``payload`` (one of ``contracts.artifacts``' models, the shape pages read) as a JSON
+    artifact; ``fields`` are publish's (model, layer, unit, kind, variant, params, meta)."""
     return publish(
         session,
         store,
-        data=json.dumps(payload).encode(),
+        data=payload.model_dump_json().encode(),
         ext="json",
         content_type="application/json",
         **fields,
-    )
-
-
-def publish_ranked(
-    session: Session,
-    store: ObjectStore,
-    *,
-    model: Model,
-    layer: Layer,
-    unit: int,
-    kind: str,
-    params: dict[str, Any],
-    ranked: list[tuple[str, float]],
-    variant: str = "",
-    extra: dict[str, Any] | None = None,
-) -> Artifact:
-    """A unit's ranked strings (text views) as ``{"top": [{"text", "score"}, ...]}`` JSON,
-    with ``extra`` fields beside ``top``."""
-    payload = {**(extra or {}), "top": [{"text": t, "score": s} for t, s in ranked]}
-    return publish_json(
-        session,
-        store,
-        payload,
-        model=model,
-        layer=layer,
-        unit=unit,
-        kind=kind,
-        variant=variant,
-        params=params,
     )

@@ -10,9 +10,9 @@ from sqlalchemy.orm import Session
 
 from backend.db.models import Artifact, Layer, Model, Unit
 from backend.storage import NotFound, ObjectStore
+from workers.ml.cards import CARD_EXT, CARD_TYPE, neuron_card, sheet_tiles
+from workers.ml.sheets import CARD_TILES, CELL
 from workers.tasks.artifacts import publish
-
-CELL = 112  # tile size of the example sheets (workers/tasks/mining.py)
 
 
 def _image(store: ObjectStore, key: str | None) -> Image.Image | None:
@@ -33,9 +33,10 @@ def refresh_card(
     *,
     examples: list[Image.Image] | None = None,
 ) -> None:
-    """Render the unit's card from its current views and replace the previous card."""
-    from workers.ml.cards import CARD_EXT, CARD_TYPE, neuron_card, sheet_tiles
+    """Render the unit's card from its current views and replace the previous card.
 
+    ``examples``: the top examples' crops when the caller just drew them; else they are cut
+    from the stored top sheet."""
     arts = session.execute(
         select(Artifact.kind, Artifact.variant, Artifact.storage_key).where(
             Artifact.layer_id == layer.id,
@@ -47,7 +48,7 @@ def refresh_card(
     fv_key = keys.get(("featvis", "channel"))
     if examples is None:
         sheet = _image(store, keys.get(("example_crop", "top")))
-        examples = sheet_tiles(sheet, CELL, 6) if sheet is not None else []
+        examples = sheet_tiles(sheet, CELL, CARD_TILES) if sheet is not None else []
     if fv_key is None and not examples:
         return
     label = session.scalar(select(Unit.label).where(Unit.layer_id == layer.id, Unit.index == unit))

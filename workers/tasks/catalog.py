@@ -5,18 +5,15 @@ from __future__ import annotations
 from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
-from backend.config import get_settings
 from backend.db.models import Job, Layer, Model, Unit
 from contracts.jobs import TASK_REGISTER_MODEL
+from workers.ml.layers import enumerate_layers
 from workers.tasks.jobrun import Progress, job_task
+from workers.tasks.runtime import cached_model, device
 
 
 def register(session: Session, job: Job, progress: Progress) -> str:
     """Load the model, enumerate its layers with one dry forward pass, write layers + units."""
-    from workers.ml.device import resolve_device
-    from workers.ml.layers import enumerate_layers
-    from workers.ml.models import load_model
-
     model = session.get(Model, job.model_id)
     if model is None:
         return "model was deleted"
@@ -26,8 +23,8 @@ def register(session: Session, job: Job, progress: Progress) -> str:
     model.state = "registering"
     session.commit()
     progress(0, 3, "loading weights")
-    device = str(resolve_device(get_settings().device))
-    loaded = load_model(model.spec, device=device)
+    # Kept loaded: the jobs queued with the model (weight views, mining) come next.
+    loaded = cached_model(model.spec, device())
     progress(1, 3, "enumerating layers")
     layers = enumerate_layers(loaded, all_layers=True)
     model.family = loaded.family

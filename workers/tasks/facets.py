@@ -4,48 +4,37 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import Any
 
-from sqlalchemy import select
+from PIL.Image import Image
 from sqlalchemy.orm import Session
 
 from backend.catalog.repository import CatalogRepository
 from backend.config import get_settings
-from backend.db.models import Artifact, Dataset, Image, Job, Layer, Model
+from backend.db.models import Artifact, Dataset, Job, Layer
 from backend.storage import ObjectStore, make_store
 from contracts.jobs import TASK_TRAIN_FACET, TrainFacetParams
+from contracts.layout import Layout
+from workers.ml.featvis.facets import FacetProbe, train_facet_probe
 from workers.tasks.artifacts import publish
 from workers.tasks.jobrun import Progress, job_task, params_of
-from workers.tasks.mining import _check_inputs, _device, cached_model, read_images
+from workers.tasks.runtime import DatasetImages, cached_model, device, ready_inputs
 
 # Images read per side: a logistic regression on pooled units needs hundreds, not millions,
 # and every image is held decoded while the probe trains.
 FACET_MAX_IMAGES = 1000
-FACET_VERSION = 1
+FACET_VERSION = 2  # 2: probes trained on the model's own resize and crop
 
 
-def dataset_images(session: Session, ds: Dataset, limit: int = FACET_MAX_IMAGES) -> list[Any]:
+def dataset_images(session: Session, ds: Dataset, limit: int = FACET_MAX_IMAGES) -> list[Image]:
     """The first ``limit`` images of an imported dataset, decoded to RGB."""
-    from workers.ml.images import load_rgb
-
-    names = list(
-        session.scalars(
-            select(Image.path)
-            .where(Image.dataset_id == ds.id)
-            .order_by(Image.position)
-            .limit(limit)
-        )
-    )
-    if not names:
+    images = DatasetImages.of(session, ds, limit).decode()
+    if not images:
         raise ValueError(f"dataset {ds.slug} has no images")
-    data = read_images(Path(ds.source), names)
-    return [load_rgb(data[n]) for n in names]
+    return images
 
 
-def load_probe(store: ObjectStore, art: Artifact) -> Any:
+def load_probe(store: ObjectStore, art: Artifact) -> FacetProbe:
     """A stored facet probe (safetensors bytes) as a FacetProbe."""
-    from workers.ml.featvis.facets import FacetProbe
-
     with tempfile.TemporaryDirectory() as d:
         path = Path(d) / "probe.safetensors"
         path.write_bytes(store.get(art.storage_key))
@@ -54,17 +43,10 @@ def load_probe(store: ObjectStore, art: Artifact) -> Any:
 
 def train(session: Session, job: Job, progress: Progress) -> str:
     """Fit facet-vs-generic on the layer's pooled units and publish the probe."""
-    from contracts.layout import Layout
-    from workers.ml.featvis.facets import train_facet_probe
-
     p = params_of(job, TrainFacetParams)
-    model = session.get(Model, p.model_id)
+    model, facet_ds = ready_inputs(session, p.model_id, p.dataset_id)
+    _, generic_ds = ready_inputs(session, p.model_id, p.generic_id)
     layer = session.get(Layer, p.layer_id)
-    facet_ds = session.get(Dataset, p.dataset_id)
-    generic_ds = session.get(Dataset, p.generic_id)
-    _check_inputs(model, facet_ds)
-    _check_inputs(model, generic_ds)
-    assert model is not None and facet_ds is not None and generic_ds is not None
     if layer is None:
         raise ValueError("the layer of this job was deleted")
     name = p.name
@@ -72,8 +54,8 @@ def train(session: Session, job: Job, progress: Progress) -> str:
     facet_images = dataset_images(session, facet_ds)
     generic_images = dataset_images(session, generic_ds)
     session.commit()  # no transaction held through the model's forward passes
-    device = _device()
-    loaded = cached_model(model.spec, device)
+    dev = device()
+    loaded = cached_model(model.spec, dev)
     progress(1, 3, f"{layer.name}: activations of {len(facet_images) + len(generic_images)}")
     probe = train_facet_probe(
         loaded.image_model,
@@ -82,7 +64,7 @@ def train(session: Session, job: Job, progress: Progress) -> str:
         facet_images,
         generic_images,
         loaded.preprocess,
-        device=device,
+        device=dev,
     )
     progress(2, 3, "storing the probe")
     with tempfile.TemporaryDirectory() as d:

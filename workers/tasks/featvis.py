@@ -17,11 +17,14 @@ from contracts.jobs import (
     FeatvisBulkParams,
     FeatvisParams,
 )
+from contracts.layout import Layout
+from workers.ml.featvis import render_units
+from workers.ml.images import webp_bytes
 from workers.tasks.artifacts import publish
 from workers.tasks.cards import refresh_card
 from workers.tasks.facets import load_probe
-from workers.tasks.jobrun import Progress, Waiting, job_task, params_of, ready_model
-from workers.tasks.mining import _device, cached_model
+from workers.tasks.jobrun import Progress, Waiting, job_task, params_of
+from workers.tasks.runtime import cached_model, device, ready_model
 
 
 def best_example_scores(session: Session, layer: Layer, units: list[int]) -> dict[int, float]:
@@ -43,10 +46,6 @@ def best_example_scores(session: Session, layer: Layer, units: list[int]) -> dic
 
 def render(session: Session, job: Job, progress: Progress) -> str:
     """Render the job's units with the requested objective and publish one WebP per image."""
-    from contracts.layout import Layout
-    from workers.ml.featvis import render_units
-    from workers.ml.render import to_webp_bytes
-
     p = params_of(job, FeatvisParams)
     model = ready_model(session, p.model_id)
     layer = session.get(Layer, p.layer_id)
@@ -68,8 +67,8 @@ def render(session: Session, job: Job, progress: Progress) -> str:
     # A facet render is its own variant beside the plain ones, named after the facet.
     name = f"facet-{facet}" if facet else objective
     session.commit()
-    device = _device()
-    loaded = cached_model(model.spec, device)
+    dev = device()
+    loaded = cached_model(model.spec, dev)
     # Parameterize at the model's own input size: no upsampling, and early layers reach
     # their best dataset example's activation in fewer steps than at 128 px (measured).
     results = render_units(
@@ -80,7 +79,7 @@ def render(session: Session, job: Job, progress: Progress) -> str:
         preprocess=loaded.preprocess,
         objective=objective,
         facet=probe,
-        device=device,
+        device=dev,
         progress=lambda d, t: progress(d, t, f"{layer.name}: {name} for {len(units)} units"),
         steps=p.steps,
         size=int(loaded.preprocess.input_size),
@@ -99,7 +98,7 @@ def render(session: Session, job: Job, progress: Progress) -> str:
                 kind="featvis",
                 variant=variant,
                 params={**r.params, "seed": r.seed},
-                data=to_webp_bytes(img, quality=90),
+                data=webp_bytes(img, quality=90),
                 ext="webp",
                 content_type="image/webp",
                 meta={
@@ -122,7 +121,7 @@ def bulk(session: Session, job: Job, progress: Progress) -> str:
     p = params_of(job, FeatvisBulkParams)
     model = ready_model(session, p.model_id)
     after = p.after
-    if after and _device() == "cpu":
+    if after and device() == "cpu":
         pending = session.scalars(
             select(Job.kind).where(
                 Job.id.in_(after), Job.state.not_in(FINISHED_STATES)

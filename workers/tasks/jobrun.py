@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 
 from backend.config import get_settings
 from backend.db.base import utcnow
-from backend.db.models import Job, Model
+from backend.db.models import Job
 from backend.db.session import session_scope
 from contracts.jobs import JobParams, JobState
 
@@ -31,19 +31,6 @@ class Waiting(TransientError):
 def params_of(job: Job, kind: type[P]) -> P:
     """The job's parameters, validated against the contract the web process wrote them by."""
     return kind.model_validate(job.params)
-
-
-def ready_model(session: Session, model_id: int) -> Model:
-    """The job's model once registered: Waiting while it registers, an error if it failed or
-    was deleted (so no job waits forever on a model that will never be ready)."""
-    model = session.get(Model, model_id)
-    if model is None:
-        raise ValueError("the model of this job was deleted")
-    if model.state == "failed":
-        raise ValueError(f"model {model.slug} failed to register: {model.error}")
-    if model.state != "ready":
-        raise Waiting(f"waiting for model {model.slug} to register")
-    return model
 
 
 @dataclass

@@ -1,20 +1,24 @@
-"""Task: text-aligned views of a model — search index, text feature vis, labels, families."""
+"""Tasks: text-aligned views of a model (search index, top strings, labels, families, CLIP's
+hill-climbed strings) and rendered words."""
 
 from __future__ import annotations
 
 import io
-import json
 from collections import Counter
-from typing import Any
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, cast
 
 import numpy as np
 import torch
-from sqlalchemy import select
+import torch.nn.functional as F
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from backend.config import get_settings
 from backend.db.models import Artifact, Family, FamilyMember, Job, Layer, Model, Unit
 from backend.storage import ObjectStore, make_store
+from contracts.artifacts import DatasetExamples, RankedStrings
 from contracts.jobs import (
     TASK_RENDERED_WORDS,
     TASK_TEXT_VIEWS,
@@ -23,21 +27,41 @@ from contracts.jobs import (
     RenderedWordsParams,
     TextViewsParams,
 )
+from contracts.layout import Layout
 from contracts.spec import slugify
-from workers.tasks.artifacts import publish, publish_ranked
-from workers.tasks.jobrun import Progress, Waiting, job_task, params_of, ready_model
-from workers.tasks.mining import BATCH, _device, _loader_fn, cached_model, make_plan
+from workers.ml.models import LoadedModel
+from workers.ml.sources import make_loader
+from workers.ml.text.families import propose_families
+from workers.ml.text.heads import NoTextHead, TextHead, make_text_head
+from workers.ml.text.index import search_index_arrays, unit_text_vectors
+from workers.ml.text.labels import auto_labels
+from workers.ml.text.textfv import (
+    LM_PENALTY,
+    build_vocabulary,
+    climb_candidates,
+    dictionary_words,
+    hill_climb,
+    one_token_words,
+    top_strings,
+)
+from workers.ml.text.unit_vectors import head_outputs
+from workers.ml.text.words import top_words, word_activations
+from workers.tasks.artifacts import publish, publish_json
+from workers.tasks.jobrun import Progress, Waiting, job_task, params_of
+from workers.tasks.mining import BATCH, Plan, make_plan
+from workers.tasks.runtime import cached_model, device, ready_model
 
 TOP_EXAMPLES = 8  # a unit's text vector: the head's mean output over its top examples
-VOCAB_WORDS = 5000  # dictionary words in the vocabulary (plus class names and prompts)
+TOP_STRINGS = 16  # strings shown per unit
 FAMILY_SIZE = 24
 TEXT_VERSION = 2  # 2: classifiers describe images by class probabilities
-# CLIP only: the one-token words each climb searches (how many units are climbed is the job's
-# TextViewsParams.climb_units).
-CLIMB_CANDIDATES = 64
+# CLIP only: the tokens of each climbed string and the sweeps over them (how many units are
+# climbed, and among how many one-token words, are the job's TextViewsParams).
 CLIMB_TOKENS = 3
 CLIMB_SWEEPS = 2
 CLIMB_VERSION = 1
+WORDS_VERSION = 1
+WORDS_BATCH = 256  # rendered words per progress report
 
 
 def _mining_done(session: Session, model_id: int, dataset_id: int) -> bool:
@@ -51,38 +75,30 @@ def _mining_done(session: Session, model_id: int, dataset_id: int) -> bool:
     )
 
 
-def text_views(session: Session, job: Job, progress: Progress) -> str:
-    """Unit text vectors from the head's output over each unit's top dataset examples, then
-    the search index, each unit's top strings, automatic labels and proposed families; for
-    CLIP, token strings hill-climbed for the first ``climb_units`` units of each layer."""
-    from workers.ml.mining import make_loader
-    from workers.ml.text.families import propose_families
-    from workers.ml.text.heads import NoTextHead, make_text_head
-    from workers.ml.text.index import search_index_arrays, unit_text_vectors
-    from workers.ml.text.labels import auto_labels
-    from workers.ml.text.textfv import build_vocabulary, dictionary_words, top_strings
-    from workers.ml.text.unit_vectors import head_outputs
+@dataclass
+class TextRun:
+    """What the steps of one text-views run share."""
 
-    p = params_of(job, TextViewsParams)
-    plan = make_plan(session, p.model_id, p.dataset_id)
-    if not _mining_done(session, plan.model.id, plan.ds.id):
-        raise Waiting(f"waiting for the dataset examples of {plan.model.slug}")
-    model, layers, store = plan.model, plan.layers, make_store(get_settings())
-    session.commit()
-    loaded = cached_model(model.spec, _device())
-    try:
-        head = make_text_head(loaded)
-    except NoTextHead as e:
-        return f"no text-aligned head: {e}"
-    n_words = VOCAB_WORDS
-    progress(0, 6, "head outputs over the dataset")
-    ids, outputs = head_outputs(
-        loaded,
-        head,
-        make_loader(plan.ids, _loader_fn(plan, loaded.preprocess, plan.ids), BATCH),
-    )  # (N,), (N, S)
+    session: Session
+    store: ObjectStore
+    model: Model
+    layers: list[Layer]
+    loaded: LoadedModel
+    head: TextHead
+    params: dict[str, Any]  # provenance of every artifact the run publishes
+    top_ids: dict[str, torch.Tensor]  # layer path -> (U, k) top example ids, -1 = none
+    predicted: dict[int, str]  # image id -> the class the model predicts (classifiers only)
+    text: dict[str, torch.Tensor]  # layer path -> (U, D) each unit's text vector
+    vocab: list[str]
+    vocab_emb: torch.Tensor  # (V, D) normalised
+    units: dict[tuple[int, int], Unit]  # (layer id, index) -> its row
 
-    # Each unit's top example ids, from the published dataset-example indexes.
+
+def _top_example_ids(
+    session: Session, store: ObjectStore, model: Model, layers: list[Layer]
+) -> dict[str, torch.Tensor]:
+    """Each unit's top example ids, from its published dataset-examples index: (U, k) per
+    layer path, -1 where a unit has fewer (or no index)."""
     index_keys = {
         (lid, u): key
         for lid, u, key in session.execute(
@@ -91,97 +107,143 @@ def text_views(session: Session, job: Job, progress: Progress) -> str:
             )
         )
     }
-    top_ids: dict[str, torch.Tensor] = {}
+    out: dict[str, torch.Tensor] = {}
     for layer in layers:
         rows = []
         for u in range(layer.unit_count):
             key = index_keys.get((layer.id, u))
-            top = json.loads(store.get(key))["top"][:TOP_EXAMPLES] if key else []
-            ids_u = [e["image_id"] for e in top] + [-1] * (TOP_EXAMPLES - len(top))
-            rows.append(ids_u)
-        top_ids[layer.module_path] = torch.tensor(rows, dtype=torch.int64)  # (U, k)
+            top = DatasetExamples.model_validate_json(store.get(key)).top if key else []
+            ids_u = [e.image_id for e in top[:TOP_EXAMPLES]]
+            rows.append(ids_u + [-1] * (TOP_EXAMPLES - len(ids_u)))
+        out[layer.module_path] = torch.tensor(rows, dtype=torch.int64)  # (U, k)
+    return out
+
+
+def _start(
+    session: Session, store: ObjectStore, plan: Plan, p: TextViewsParams, progress: Progress
+) -> TextRun | str:
+    """Unit text vectors from what the head says about each unit's top examples, and the
+    vocabulary's embeddings; a message instead when the model has no text-aligned head."""
+    loaded = cached_model(plan.model.spec, device())
+    try:
+        head = make_text_head(loaded)
+    except NoTextHead as e:
+        return f"no text-aligned head: {e}"
+    progress(0, 6, "head outputs over the dataset")
+    images = plan.images
+    batches = make_loader(images.ids, images.loader(images.ids, loaded.preprocess), BATCH)
+    ids, outputs = head_outputs(loaded, head, batches)  # (N,), (N, S)
+    top_ids = _top_example_ids(session, store, plan.model, plan.layers)
+    classes = loaded.class_names or []
+    predicted = (
+        dict(zip(ids.tolist(), (classes[c] for c in outputs.argmax(dim=1).tolist()), strict=True))
+        if classes
+        else {}
+    )
     progress(1, 6, "unit vectors")
     text = unit_text_vectors(head, ids, outputs, top_ids)  # path -> (U, D)
-
     progress(2, 6, "vocabulary")
-    vocab = build_vocabulary(loaded.class_names or [], dictionary_words(limit=n_words))
-    vocab_emb = torch.nn.functional.normalize(head.encode(vocab).float(), dim=-1)  # (V, D)
-
-    # The search index the web process queries with numpy.
-    arrays = search_index_arrays([(x.name, text[x.module_path]) for x in layers], vocab, vocab_emb)
-    vecs = torch.from_numpy(arrays["unit_vecs"])  # (U_all, D) normalised
-    buf = io.BytesIO()
-    np.savez_compressed(buf, **arrays)
+    vocab = build_vocabulary(classes, dictionary_words(limit=p.vocab_words))
+    vocab_emb = F.normalize(head.encode(vocab).float(), dim=-1)  # (V, D)
     params = {
         "dataset_checksum": plan.ds.checksum,
-        "model_checksum": model.weights_checksum,
-        "vocab_words": n_words,
+        "model_checksum": plan.model.weights_checksum,
+        "vocab_words": p.vocab_words,
         "top_examples": TOP_EXAMPLES,
         "version": TEXT_VERSION,
     }
-    session.execute(
-        Artifact.__table__.delete().where(
-            Artifact.model_id == model.id, Artifact.kind == "search_index"
-        )
+    units = {
+        (u.layer_id, u.index): u
+        for u in session.scalars(select(Unit).where(Unit.layer_id.in_([x.id for x in plan.layers])))
+    }
+    return TextRun(
+        session=session,
+        store=store,
+        model=plan.model,
+        layers=plan.layers,
+        loaded=loaded,
+        head=head,
+        params=params,
+        top_ids=top_ids,
+        predicted=predicted,
+        text=text,
+        vocab=vocab,
+        vocab_emb=vocab_emb,
+        units=units,
+    )
+
+
+def _index(run: TextRun) -> torch.Tensor:
+    """Publish the search index the web process queries with numpy (replacing the model's
+    previous one); returns every unit's normalised vector (U_all, D), in layer order."""
+    layers = [(x.name, run.text[x.module_path]) for x in run.layers]
+    arrays = search_index_arrays(layers, run.vocab, run.vocab_emb)
+    vecs = torch.from_numpy(arrays["unit_vecs"])  # (U_all, D)
+    buf = io.BytesIO()
+    # (Any: numpy's stubs would match a str-keyed dict of arrays against allow_pickle.)
+    np.savez_compressed(buf, **cast(dict[str, Any], arrays))
+    run.session.execute(
+        delete(Artifact).where(Artifact.model_id == run.model.id, Artifact.kind == "search_index")
     )
     publish(
-        session,
-        store,
-        model=model,
+        run.session,
+        run.store,
+        model=run.model,
         layer=None,
         unit=None,
         kind="search_index",
         variant="",
-        params=params,
+        params=run.params,
         data=buf.getvalue(),
         ext="npz",
         content_type="application/octet-stream",
-        meta={"units": int(vecs.shape[0]), "vocab": len(vocab), "dim": int(vecs.shape[1])},
+        meta={"units": int(vecs.shape[0]), "vocab": len(run.vocab), "dim": int(vecs.shape[1])},
     )
+    run.session.commit()
+    return vecs
 
-    session.commit()  # progress writes in its own transaction: never while holding the lock
-    progress(3, 6, "text feature visualizations and labels")
-    classes = loaded.class_names or []
-    row = {int(i): r for r, i in enumerate(ids.tolist())}
-    predicted = outputs.argmax(dim=1).tolist() if classes else []
-    units_by_key = {
-        (u.layer_id, u.index): u
-        for u in session.scalars(select(Unit).where(Unit.layer_id.in_([x.id for x in layers])))
-    }
-    for layer in layers:
-        tops = top_strings(text[layer.module_path], vocab_emb, vocab, k=16)
+
+def _strings(run: TextRun) -> dict[str, list[list[tuple[str, float]]]]:
+    """Publish each unit's top vocabulary strings (``text_fv``); returns them per layer path."""
+    out = {}
+    put = partial(
+        publish_json, run.session, run.store, model=run.model, kind="text_fv", params=run.params
+    )
+    for layer in run.layers:
+        tops = top_strings(run.text[layer.module_path], run.vocab_emb, run.vocab, k=TOP_STRINGS)
+        for u, strings in enumerate(tops):
+            put(RankedStrings.of(strings), layer=layer, unit=u, variant="")
+        run.session.commit()  # layer by layer: a lost worker loses one layer
+        out[layer.module_path] = tops
+    return out
+
+
+def _labels(run: TextRun, tops: dict[str, list[list[tuple[str, float]]]]) -> None:
+    """Label each unit where its top strings and its top examples' classes agree (labels an
+    admin set are kept)."""
+    for layer in run.layers:
         examples = [
-            [classes[predicted[row[i]]] for i in r.tolist() if i >= 0 and i in row]
-            if classes
-            else []
-            for r in top_ids[layer.module_path]
+            [run.predicted[i] for i in row.tolist() if i in run.predicted]
+            for row in run.top_ids[layer.module_path]
         ]
-        labels = auto_labels(tops, examples, head.encode)
-        for u, (strings, (label, conf)) in enumerate(zip(tops, labels, strict=True)):
-            publish_ranked(
-                session,
-                store,
-                model=model,
-                layer=layer,
-                unit=u,
-                kind="text_fv",
-                params=params,
-                ranked=strings,
-            )
-            unit = units_by_key.get((layer.id, u))
+        labels = auto_labels(tops[layer.module_path], examples, run.head.encode)
+        for u, (label, conf) in enumerate(labels):
+            unit = run.units.get((layer.id, u))
             if unit is not None and unit.label_source != "admin" and label:
                 unit.label, unit.label_source, unit.label_confidence = label, "auto", conf
-        session.commit()
+        run.session.commit()
 
-    session.commit()
-    progress(4, 6, "families")
-    keys = [(x.name, int(i)) for x in layers for i in range(x.unit_count)]
-    proposals = propose_families(vecs, keys, vocab_emb, vocab)
-    prefix = f"{model.slug}-auto-"
-    for old in session.scalars(select(Family).where(Family.slug.startswith(prefix))):
-        session.delete(old)
-    session.flush()
-    layer_ids = {x.name: x.id for x in layers}
+
+def _families(run: TextRun, vecs: torch.Tensor) -> int:
+    """Replace the model's proposed families with clusters of its units' text vectors;
+    returns how many were proposed."""
+    keys = [(x.name, i) for x in run.layers for i in range(x.unit_count)]
+    proposals = propose_families(vecs, keys, run.vocab_emb, run.vocab)
+    prefix = f"{run.model.slug}-auto-"
+    for old in run.session.scalars(select(Family).where(Family.slug.startswith(prefix))):
+        run.session.delete(old)
+    run.session.flush()
+    layer_ids = {x.name: x.id for x in run.layers}
     made = Counter[str]()
     for prop in proposals:
         slug = slugify(f"{prefix}{prop.name}")
@@ -190,65 +252,30 @@ def text_views(session: Session, job: Job, progress: Progress) -> str:
             slug = f"{slug}-{made[slug]}"
         fam = Family(
             slug=slug,
-            name=f"{prop.name} ({model.slug})",
+            name=f"{prop.name} ({run.model.slug})",
             description="proposed by clustering the units' text vectors: " + ", ".join(prop.words),
             source="auto",
         )
-        session.add(fam)
-        session.flush()
+        run.session.add(fam)
+        run.session.flush()
         for pos, (layer_name, u) in enumerate(prop.members[:FAMILY_SIZE]):
-            unit = units_by_key.get((layer_ids[layer_name], u))
+            unit = run.units.get((layer_ids[layer_name], u))
             if unit is not None:
-                session.add(FamilyMember(family_id=fam.id, unit_id=unit.id, position=pos))
-
-    # Last, as the slowest part: the families are committed before it starts.
-    climbed = 0
-    climb_units = p.climb_units
-    if head.kind == "clip" and climb_units != 0:
-        session.commit()
-        progress(5, 6, "hill-climbing token strings")
-        climbed = _climb_strings(
-            session,
-            store,
-            loaded,
-            model,
-            layers,
-            text,
-            vocab,
-            vocab_emb,
-            params,
-            units=climb_units,
-            candidates=CLIMB_CANDIDATES,
-        )
-    climbs = f", {climbed} climbed" if climbed else ""
-    return f"{int(vecs.shape[0])} units, {len(vocab)} strings{climbs}, {len(proposals)} families"
+                run.session.add(FamilyMember(family_id=fam.id, unit_id=unit.id, position=pos))
+    run.session.commit()
+    return len(proposals)
 
 
-def _climb_strings(
-    session: Session,
-    store: ObjectStore,
-    loaded: Any,
-    model: Model,
-    layers: list[Layer],
-    text: dict[str, torch.Tensor],
-    vocab: list[str],
-    vocab_emb: torch.Tensor,
-    params: dict[str, Any],
-    *,
-    units: int | None,
-    candidates: int,
-) -> int:
+def _climb_strings(run: TextRun, *, units: int | None, candidates: int) -> int:
     """Token strings hill-climbed towards each unit's text vector (the article's text feature
     visualization) for the first ``units`` units of each layer (None: all), published as the
     ``hill_climb`` variant of ``text_fv``; returns how many units were climbed."""
-    from workers.ml.text.textfv import LM_PENALTY, climb_candidates, hill_climb, one_token_words
-
-    rows, ids = one_token_words(vocab)
+    rows, ids = one_token_words(run.vocab)
     if not ids:
         return 0
-    word_emb = vocab_emb[rows]  # (W, D) the one-token words' own embeddings
+    word_emb = run.vocab_emb[rows]  # (W, D) the one-token words' own embeddings
     climb_params = {
-        **params,
+        **run.params,
         "candidates": candidates,
         "tokens": CLIMB_TOKENS,
         "sweeps": CLIMB_SWEEPS,
@@ -256,36 +283,57 @@ def _climb_strings(
         "climb_version": CLIMB_VERSION,
     }
     # A run replaces every earlier climb of this model (other settings, other unit counts).
-    session.execute(
-        Artifact.__table__.delete().where(
-            Artifact.model_id == model.id,
+    run.session.execute(
+        delete(Artifact).where(
+            Artifact.model_id == run.model.id,
             Artifact.kind == "text_fv",
             Artifact.variant == "hill_climb",
         )
     )
+    put = partial(
+        publish_json, run.session, run.store, model=run.model, kind="text_fv", params=climb_params
+    )
     done = 0
-    for layer in layers:
-        vecs = text[layer.module_path]  # (U, D)
-        n = layer.unit_count if units is None else min(int(units), layer.unit_count)
+    for layer in run.layers:
+        vecs = run.text[layer.module_path]  # (U, D)
+        n = layer.unit_count if units is None else min(units, layer.unit_count)
         for u in range(n):
             cands = climb_candidates(vecs[u], word_emb, ids, candidates)
-            climb = hill_climb(loaded, vecs[u], cands, n_tokens=CLIMB_TOKENS, sweeps=CLIMB_SWEEPS)
-            start = {"text": climb.start_text, "tokens": climb.start, "score": climb.start_score}
-            publish_ranked(
-                session,
-                store,
-                model=model,
-                layer=layer,
-                unit=u,
-                kind="text_fv",
-                params=climb_params,
-                ranked=climb.top,
-                variant="hill_climb",
-                extra={"tokens": climb.tokens, "start": start, "lm_penalty": LM_PENALTY},
+            climb = hill_climb(
+                run.loaded, vecs[u], cands, n_tokens=CLIMB_TOKENS, sweeps=CLIMB_SWEEPS
             )
+            put(climb.artifact(), layer=layer, unit=u, variant="hill_climb")
             done += 1
-        session.commit()
+        run.session.commit()
     return done
+
+
+def text_views(session: Session, job: Job, progress: Progress) -> str:
+    """Unit text vectors from the head's output over each unit's top dataset examples, then
+    the search index, each unit's top strings, automatic labels and proposed families; for
+    CLIP, token strings hill-climbed for the first ``climb_units`` units of each layer."""
+    p = params_of(job, TextViewsParams)
+    plan = make_plan(session, p.model_id, p.dataset_id)
+    if not _mining_done(session, plan.model.id, plan.ds.id):
+        raise Waiting(f"waiting for the dataset examples of {plan.model.slug}")
+    store = make_store(get_settings())
+    session.commit()  # progress writes in its own transaction: never while holding a lock
+    run = _start(session, store, plan, p, progress)
+    if isinstance(run, str):
+        return run
+    vecs = _index(run)
+    progress(3, 6, "text feature visualizations and labels")
+    tops = _strings(run)
+    _labels(run, tops)
+    progress(4, 6, "families")
+    families = _families(run, vecs)
+    # Last, as the slowest part: everything else is committed before it starts.
+    climbed = 0
+    if run.head.kind == "clip" and p.climb_units != 0:
+        progress(5, 6, "hill-climbing token strings")
+        climbed = _climb_strings(run, units=p.climb_units, candidates=p.climb_candidates)
+    climbs = f", {climbed} climbed" if climbed else ""
+    return f"{int(vecs.shape[0])} units, {len(run.vocab)} strings{climbs}, {families} families"
 
 
 text_views_task = job_task(TASK_TEXT_VIEWS, text_views)
@@ -294,14 +342,9 @@ text_views_task = job_task(TASK_TEXT_VIEWS, text_views)
 def rendered_words(session: Session, job: Job, progress: Progress) -> str:
     """Dictionary words rendered as images and mined: each unit's top words after subtracting
     its mean over all words (the article's image-based word embedding)."""
-    from contracts.layout import Layout
-    from workers.ml.text.textfv import dictionary_words
-    from workers.ml.text.words import top_words, word_activations
-
     p = params_of(job, RenderedWordsParams)
     model = ready_model(session, p.model_id)
-    dataset_id = p.dataset_id
-    if dataset_id is not None and not _mining_done(session, model.id, dataset_id):
+    if p.dataset_id is not None and not _mining_done(session, model.id, p.dataset_id):
         # Not needed for the words, but a person waits for dataset examples first.
         raise Waiting(f"waiting for the dataset examples of {model.slug}")
     layers = list(
@@ -313,30 +356,25 @@ def rendered_words(session: Session, job: Job, progress: Progress) -> str:
     )
     words = dictionary_words(limit=p.words)
     session.commit()
-    loaded = cached_model(model.spec, _device())
+    loaded = cached_model(model.spec, device())
     layouts = {x.module_path: Layout.from_dict(x.layout) for x in layers}
-    chunks: dict[str, list[torch.Tensor]] = {p: [] for p in layouts}
-    step = 256
-    for start in range(0, len(words), step):
-        part = word_activations(loaded, layouts, words[start : start + step])  # path -> (w, U)
-        for path, acts in part.items():
+    chunks: dict[str, list[torch.Tensor]] = {path: [] for path in layouts}
+    for start in range(0, len(words), WORDS_BATCH):
+        part = word_activations(loaded, layouts, words[start : start + WORDS_BATCH])
+        for path, acts in part.items():  # (w, U)
             chunks[path].append(acts)
-        progress(min(start + step, len(words)), len(words), "rendering and mining words")
+        progress(min(start + WORDS_BATCH, len(words)), len(words), "rendering and mining words")
     store = make_store(get_settings())
-    params = {"model_checksum": model.weights_checksum, "words": len(words), "version": 1}
+    params = {
+        "model_checksum": model.weights_checksum,
+        "words": len(words),
+        "version": WORDS_VERSION,
+    }
+    put = partial(publish_json, session, store, model=model, kind="rendered_words", params=params)
     for layer in layers:
         acts = torch.cat(chunks[layer.module_path])  # (W, U)
-        for u, tops in enumerate(top_words(acts, words, k=16)):
-            publish_ranked(
-                session,
-                store,
-                model=model,
-                layer=layer,
-                unit=u,
-                kind="rendered_words",
-                params=params,
-                ranked=tops,
-            )
+        for u, tops in enumerate(top_words(acts, words, k=TOP_STRINGS)):
+            put(RankedStrings.of(tops), layer=layer, unit=u, variant="")
         session.commit()
     return f"{len(words)} words over {len(layers)} layers"
 

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import io
-from typing import Any
+from functools import partial
 
-import numpy as np
 from sqlalchemy import delete, or_, select
 from sqlalchemy.orm import Session
 
@@ -13,14 +11,29 @@ from backend.config import get_settings
 from backend.db.models import Artifact, Job, Layer, Model
 from backend.storage import ObjectStore, make_store
 from contracts.jobs import TASK_WEIGHT_VIEWS, WeightViewsParams
+from workers.ml.images import png_bytes
+from workers.ml.models import LoadedModel
+from workers.ml.weights import (
+    COLOURS,
+    ConvCall,
+    NoWeights,
+    colour_share,
+    conv_order,
+    explained,
+    factors_artifact,
+    nmf_rgb,
+    rgb_image,
+    svd_artifact,
+    svd_placement,
+    unit_weights,
+)
 from workers.tasks.artifacts import publish, publish_json
-from workers.tasks.jobrun import Progress, job_task, params_of, ready_model
-from workers.tasks.mining import _device, cached_model
+from workers.tasks.jobrun import Progress, job_task, params_of
+from workers.tasks.runtime import cached_model, device, ready_model
 
 WEIGHTS_VERSION = 1
-NMF_COMPONENTS = 3
+NMF_COMPONENTS = len(COLOURS)
 NMF_PNG_SIZE = 96  # pixels a side: each kernel position a square of whole pixels
-TOP_INPUTS = 6  # input channels listed per colour
 
 
 def weight_layers(session: Session, model: Model, names: list[str] | str) -> list[Layer]:
@@ -34,32 +47,19 @@ def weight_layers(session: Session, model: Model, names: list[str] | str) -> lis
     return list(session.scalars(q.order_by(Layer.order)))
 
 
-def _top_inputs(component: np.ndarray, c_in: int, names: list[str] | None) -> list[dict[str, Any]]:
-    """A colour's strongest input channels (at least a fifth of the strongest one's weight):
-    index, name, sign of the weight, share of the colour."""
-    order = np.argsort(-component)[:TOP_INPUTS]
-    total = float(component.sum()) or 1.0
-    return [
-        {
-            "channel": int(i % c_in),
-            "name": names[i % c_in] if names else str(i % c_in),
-            "sign": "+" if i < c_in else "-",
-            "share": round(float(component[i]) / total, 4),
-        }
-        for i in order
-        if component[i] > 0 and component[i] >= 0.2 * component[order[0]]
-    ]
-
-
 def _publish_layer(
-    session: Session, store: ObjectStore, model: Model, layer: Layer, loaded: Any, order: Any
+    session: Session,
+    store: ObjectStore,
+    model: Model,
+    layer: Layer,
+    loaded: LoadedModel,
+    order: list[ConvCall],
 ) -> str:
     """One layer's weight views; returns what was published (or raises NoWeights)."""
-    from workers.ml.weights import NoWeights, nmf_rgb, rgb_image, svd_placement, unit_weights
-
     uw = unit_weights(loaded.image_model, layer.module_path, layer.unit_count, order)
-    c_out, c_in, kh, kw = uw.weight.shape
+    c_out, _, kh, kw = uw.weight.shape
     base = {"convs": uw.convs, "version": WEIGHTS_VERSION}
+    put = partial(publish, session, store, model=model, layer=layer)
     # One set of weight views per layer: a newer code version replaces the older one.
     session.execute(
         delete(Artifact).where(
@@ -72,29 +72,17 @@ def _publish_layer(
     except NoWeights as e:
         done.append(f"no SVD: {e}")
     else:
-        payload = {
-            "matrix": "sum over kernel positions of |W|, rows: units, columns: inputs",
-            "inputs": uw.inputs,
-            "units": np.round(svd.units, 6).tolist(),  # (C_out, 2)
-            "input_channels": np.round(svd.inputs, 6).tolist(),  # (C_in, 2)
-            "singular_values": np.round(svd.singular_values[:16], 6).tolist(),
-        }
-        sq = svd.singular_values**2
         publish_json(
             session,
             store,
-            payload,
+            svd_artifact(uw, svd),
             model=model,
             layer=layer,
             unit=None,
             kind="weights_svd",
             variant="",
             params={**base, "method": "svd-abs-sum"},
-            meta={
-                "units": c_out,
-                "inputs": uw.inputs,
-                "explained": [round(float(v), 4) for v in sq[:2] / sq.sum()],
-            },
+            meta={"units": c_out, "inputs": uw.inputs, "explained": explained(svd)},
         )
         done.append("SVD")
     if kh * kw == 1:
@@ -102,19 +90,7 @@ def _publish_layer(
         return "; ".join(done)
     nmf = nmf_rgb(uw.weight, NMF_COMPONENTS)
     params = {**base, "method": "nmf-rgb", "components": NMF_COMPONENTS, "size": NMF_PNG_SIZE}
-    colours = ["red", "green", "blue"]
-    factors = {
-        "inputs": uw.inputs,
-        "input_count": c_in,
-        "kernel": [kh, kw],
-        "error": round(nmf.error, 4),
-        "converged": nmf.converged,
-        "colours": {
-            colours[k]: _top_inputs(nmf.components[k], c_in, uw.channel_names)
-            for k in range(NMF_COMPONENTS)
-        },
-        "components": np.round(nmf.components, 5).tolist(),  # (3, 2*C_in): [+W | -W]
-    }
+    factors = factors_artifact(uw, nmf)
     publish_json(
         session,
         store,
@@ -125,28 +101,18 @@ def _publish_layer(
         kind="weights_nmf",
         variant="factors",
         params=params,
-        meta={"inputs": uw.inputs, "kernel": [kh, kw], "error": factors["error"]},
+        meta={"inputs": uw.inputs, "kernel": [kh, kw], "error": factors.error},
     )
     for u in range(c_out):
-        buf = io.BytesIO()
-        rgb_image(nmf.maps[u], NMF_PNG_SIZE).save(buf, "PNG")
-        strength = nmf.maps[u].reshape(-1, NMF_COMPONENTS).sum(axis=0)  # (3,)
-        publish(
-            session,
-            store,
-            model=model,
-            layer=layer,
+        put(
             unit=u,
             kind="weights_nmf",
             variant="rgb",
             params=params,
-            data=buf.getvalue(),
+            data=png_bytes(rgb_image(nmf.maps[u], NMF_PNG_SIZE)),
             ext="png",
             content_type="image/png",
-            meta={
-                "kernel": [kh, kw],
-                "colour_share": [round(float(v), 4) for v in strength / (strength.sum() or 1)],
-            },
+            meta={"kernel": [kh, kw], "colour_share": colour_share(nmf.maps[u])},
         )
     done.append(f"NMF-RGB of {c_out} units")
     return "; ".join(done)
@@ -154,8 +120,6 @@ def _publish_layer(
 
 def weight_views(session: Session, job: Job, progress: Progress) -> str:
     """NMF-RGB images and SVD placements for the job's layers (no images needed)."""
-    from workers.ml.weights import NoWeights, conv_order
-
     p = params_of(job, WeightViewsParams)
     model = ready_model(session, p.model_id)
     layers = weight_layers(session, model, p.layers)
@@ -163,7 +127,7 @@ def weight_views(session: Session, job: Job, progress: Progress) -> str:
         raise ValueError(f"model {model.slug} has none of the layers {p.layers}")
     store = make_store(get_settings())
     session.commit()
-    loaded = cached_model(model.spec, _device())
+    loaded = cached_model(model.spec, device())
     order = conv_order(loaded.image_model, int(loaded.preprocess.input_size))
     results = []
     for i, layer in enumerate(layers):

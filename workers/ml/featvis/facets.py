@@ -15,8 +15,10 @@ from sklearn.linear_model import LogisticRegression
 from torch import nn
 
 from contracts.layout import Layout
-from workers.ml.featvis.transforms import from_pil, frozen, input_hw, normalize
+from workers.ml.featvis.transforms import frozen
 from workers.ml.hooks import run_to, to_unit_maps
+from workers.ml.models import PreprocessConfig
+from workers.ml.preprocess import to_batch
 
 
 @dataclass
@@ -56,28 +58,13 @@ class FacetProbe:
         )
 
 
-def prepare_images(images: Sequence[Image.Image], preprocess: object) -> torch.Tensor:
-    """Resize the short side to the input size and centre-crop: (N, 3, H, W) in [0, 1]."""
-    h, w = input_hw(preprocess)
-    out = []
-    for im in images:
-        im = im.convert("RGB")
-        k = max(h / im.height, w / im.width)
-        im = im.resize(
-            (max(w, round(im.width * k)), max(h, round(im.height * k))), Image.Resampling.BILINEAR
-        )
-        left, top = (im.width - w) // 2, (im.height - h) // 2
-        out.append(im.crop((left, top, left + w, top + h)))
-    return from_pil(out)  # (N, 3, H, W)
-
-
 @torch.no_grad()
 def pooled_activations(
     model: nn.Module,
     layer: str,
     layout: Layout,
     images: Sequence[Image.Image],
-    preprocess: object,
+    preprocess: PreprocessConfig,
     batch_size: int = 16,
     device: torch.device | str = "cpu",
 ) -> torch.Tensor:
@@ -85,8 +72,9 @@ def pooled_activations(
     feats = []
     with frozen(model):
         for i in range(0, len(images), batch_size):
-            x = prepare_images(images[i : i + batch_size], preprocess).to(device)  # (B,3,H,W)
-            x = normalize(x, preprocess.mean, preprocess.std)  # type: ignore[attr-defined]
+            # The model's own resize, crop and normalisation: the probe learns from the pixels
+            # the model sees when mining, so its direction means the same there.
+            x = to_batch(images[i : i + batch_size], preprocess).to(device)  # (B, 3, S, S)
             maps = to_unit_maps(run_to(model, x, [layer])[layer], layout)  # (B, C, h, w)
             feats.append(maps.mean(dim=(2, 3)).cpu())  # (B, C)
     return torch.cat(feats)  # (N, C)
@@ -98,7 +86,7 @@ def train_facet_probe(
     layout: Layout,
     facet_images: Sequence[Image.Image],
     generic_images: Sequence[Image.Image],
-    preprocess: object,
+    preprocess: PreprocessConfig,
     *,
     c: float = 1.0,
     device: torch.device | str = "cpu",

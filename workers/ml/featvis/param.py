@@ -33,6 +33,9 @@ class FourierImage(nn.Module):
     gives the same starting image whatever batch the element sits in.
     """
 
+    scale: torch.Tensor  # (1, 1, S, S//2+1, 1) buffer
+    color: torch.Tensor  # (3, 3) buffer
+
     def __init__(
         self,
         seeds: Sequence[int],

@@ -16,10 +16,7 @@ from workers.ml.featvis.facets import FacetProbe
 from workers.ml.featvis.param import FourierImage
 from workers.ml.featvis.transforms import (
     TransformConfig,
-    from_pil,
     frozen,
-    input_hw,
-    normalize,
     resize_to,
     sample_theta,
     to_pil,
@@ -27,6 +24,8 @@ from workers.ml.featvis.transforms import (
 )
 from workers.ml.fold import fold_batchnorm
 from workers.ml.hooks import run_to, to_unit_maps
+from workers.ml.models import PreprocessConfig
+from workers.ml.preprocess import from_pil, input_hw, normalize
 
 CODE_VERSION = "featvis-2"
 # The channel, diversity and negative objectives average each unit's 16 strongest positions
@@ -62,11 +61,6 @@ class RenderResult:
         """The best image's mean over positions (the channel objective)."""
         return max(self.acts_mean)
 
-    @property
-    def activation(self) -> float:
-        """The figure compared with the unit's top dataset example."""
-        return self.act_max
-
 
 @dataclass
 class RenderStep:
@@ -94,7 +88,7 @@ def optimise(
     *,
     units: Sequence[int],
     seeds: Sequence[tuple[int, int]],
-    preprocess: object,
+    preprocess: PreprocessConfig,
     steps: int = 512,
     size: int = 128,
     lr: float = 0.05,
@@ -112,7 +106,6 @@ def optimise(
     device = torch.device(device)
     cfg = transforms or TransformConfig()
     hw = input_hw(preprocess)
-    mean, std = preprocess.mean, preprocess.std  # type: ignore[attr-defined]
     pairs = [element_seeds(s, u, k) for u, (s, k) in zip(units, seeds, strict=True)]
     param = FourierImage([p[0] for p in pairs], size, device=device)
     rngs = [p[1] for p in pairs]
@@ -125,7 +118,7 @@ def optimise(
     for step in range(1, steps + 1):
         theta = sample_theta(rngs, cfg, size).to(device)  # (N, 2, 3)
         images = param()  # (N, 3, S, S)
-        x = normalize(warp(images, theta, hw, cfg.fill), mean, std)  # (N, 3, H, W)
+        x = normalize(warp(images, theta, hw, cfg.fill), preprocess)  # (N, 3, H, W)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         raw = run_to(model, x, paths, detach=False) if paths else {}
@@ -145,11 +138,11 @@ def evaluate_units(
     layout: Layout,
     units: Sequence[int],
     images: torch.Tensor,
-    preprocess: object,
+    preprocess: PreprocessConfig,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Max and mean over positions of each image's unit, (N,) each: no transforms."""
     x = resize_to(images, input_hw(preprocess))  # (N, 3, H, W)
-    x = normalize(x, preprocess.mean, preprocess.std)  # type: ignore[attr-defined]
+    x = normalize(x, preprocess)
     maps = to_unit_maps(run_to(model, x, [module_path])[module_path], layout)  # (N, U, h, w)
     idx = torch.as_tensor(list(units), device=maps.device)
     own = maps[torch.arange(len(idx), device=maps.device), idx].flatten(1)  # (N, h*w)
@@ -188,7 +181,7 @@ def build_objective(
 def auto_batch_size(
     model: nn.Module,
     objective: obj.Objective,
-    preprocess: object,
+    preprocess: PreprocessConfig,
     size: int,
     device: torch.device | str,
     cap: int = 64,
@@ -226,7 +219,7 @@ def render_units(
     layout: Layout,
     units: Sequence[int],
     *,
-    preprocess: object,
+    preprocess: PreprocessConfig,
     objective: str = "channel",
     steps: int = 512,
     size: int = 128,
@@ -267,8 +260,8 @@ def render_units(
         "decay": 1.0,
         "transforms": cfg.as_dict(),
         "input_size": list(input_hw(preprocess)),
-        "mean": list(preprocess.mean),  # type: ignore[attr-defined]
-        "std": list(preprocess.std),  # type: ignore[attr-defined]
+        "mean": list(preprocess.mean),
+        "std": list(preprocess.std),
     }
     if facet is not None:
         params["facet"] = {

@@ -1,6 +1,6 @@
 """Robustness transforms (Lucid's pad, jitter, scale, rotate, jitter) fused into one warp, and
-the helpers that move images and models in and out of the optimisation (PIL <-> tensors,
-a frozen model).
+the helpers that move images and models in and out of the optimisation (tensors to PIL, a
+frozen model).
 
 Lucid applies each transform as its own resampling and then upsamples to the model's input.
 Every one of them is affine, so here they compose into one 2x3 matrix per batch element and a
@@ -99,22 +99,6 @@ def resize_to(images: torch.Tensor, out_hw: tuple[int, int]) -> torch.Tensor:
     )  # (N, 3, H, W)
 
 
-def input_hw(preprocess: object) -> tuple[int, int]:
-    """The model's input (H, W) from a preprocess config (int, (H, W) or (C, H, W))."""
-    size = preprocess.input_size  # type: ignore[attr-defined]
-    if isinstance(size, int):
-        return (size, size)
-    size = tuple(int(s) for s in size)
-    return (size[-2], size[-1])
-
-
-def normalize(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    """The model's own normalisation of (N, 3, H, W) images in [0, 1]."""
-    m = torch.as_tensor(mean, dtype=x.dtype, device=x.device)[None, :, None, None]  # (1,3,1,1)
-    s = torch.as_tensor(std, dtype=x.dtype, device=x.device)[None, :, None, None]  # (1,3,1,1)
-    return (x - m) / s
-
-
 @contextmanager
 def frozen(model: nn.Module, channels_last: bool = False) -> Iterator[nn.Module]:
     """Eval mode, no parameter gradients (and optionally channels-last weights) for the duration.
@@ -149,9 +133,3 @@ def to_pil(images: torch.Tensor) -> list[Image.Image]:
     """(N, 3, H, W) in [0, 1] -> 8-bit RGB images."""
     arr = (images.clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).cpu().numpy()  # NHWC
     return [Image.fromarray(a) for a in arr]
-
-
-def from_pil(images: Sequence[Image.Image]) -> torch.Tensor:
-    """8-bit RGB images -> (N, 3, H, W) float in [0, 1]."""
-    arr = np.stack([np.asarray(im.convert("RGB"), dtype=np.float32) / 255 for im in images])
-    return torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous()  # (N, 3, H, W)

@@ -80,7 +80,7 @@ def propose_families(
         if len(idx) == 0:
             continue
         centre = _normalised(centres[c])  # (D,)
-        near = distinct_strings(vocab, np.argsort(-(v @ centre), kind="stable"), n_words)
+        near = distinct_strings(vocab, np.argsort(-(v @ centre), kind="stable").tolist(), n_words)
         order = idx[np.argsort(-(x[idx] @ centre), kind="stable")]
         words = [vocab[j] for j in near]
         out.append(FamilyProposal(", ".join(words), words, [keys[i] for i in order]))
@@ -105,4 +105,4 @@ def compose(
     w = model.coef_  # (U,)
     nz = np.flatnonzero(w)
     nz = nz[np.lexsort((nz, -np.abs(w[nz])))][:top]
-    return [(float(w[i]), keys[i][0], keys[i][1]) for i in nz]
+    return [(float(w[i]), *keys[i]) for i in nz.tolist()]

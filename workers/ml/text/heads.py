@@ -13,12 +13,12 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from contracts.layout import Layout
 from workers.ml.models import LoadedModel
 
 TextEncoder = Callable[[Sequence[str]], torch.Tensor]  # texts -> (T, D) L2-normalised
@@ -75,7 +75,6 @@ class TextHead:
 
     kind: str
     last_layer_path: str  # module path (inside image_model) of the layer the readout reads
-    last_layout: Layout
     readout: torch.Tensor  # (S, U_last)
     encode: TextEncoder  # texts -> (T, D) normalised, D = the text space
     to_space: Callable[[torch.Tensor], torch.Tensor]  # (T, D) text embeddings -> (T, S)
@@ -103,14 +102,15 @@ class TextHead:
 # CLIP
 
 
-def _clip_readout(loaded: LoadedModel) -> tuple[str, Layout, torch.Tensor]:
-    """(last layer path, its layout, readout (D, U)) of a CLIP image tower, linearised."""
-    visual = loaded.image_model
+def _clip_readout(loaded: LoadedModel) -> tuple[str, torch.Tensor]:
+    """(last layer path, readout (D, U)) of a CLIP image tower, linearised."""
+    # open_clip's towers, read by their attribute names (nn.Module's typing cannot follow).
+    visual: Any = loaded.image_model
     if loaded.family == "clip_resnet":
         pool = visual.attnpool
         # With uniform attention the pool is c_proj(v_proj(mean of the grid)) + a constant.
         w = pool.c_proj.weight @ pool.v_proj.weight  # (D, C) @ (C, C_in) -> (D, C_in)
-        return "layer4", Layout("nchw"), w.detach().float()
+        return "layer4", w.detach().float()
     if loaded.family == "clip_vit":
         blocks = visual.transformer.resblocks
         last = len(blocks) - 1
@@ -121,7 +121,7 @@ def _clip_readout(loaded: LoadedModel) -> tuple[str, Layout, torch.Tensor]:
         centre = torch.eye(width) - 1.0 / width  # (C, C)
         gamma = visual.ln_post.weight  # (C,)
         w = visual.proj.T @ (gamma[:, None] * (centre @ c_proj))  # (D, C) @ (C, H) -> (D, H)
-        return f"transformer.resblocks.{last}.mlp.gelu", Layout("nlc", 1), w.detach().float()
+        return f"transformer.resblocks.{last}.mlp.gelu", w.detach().float()
     raise NoTextHead(f"no CLIP readout for model family {loaded.family!r}")
 
 
@@ -133,19 +133,20 @@ def encode_tokens(model: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
     to it gives the same embeddings, about 8x faster on a CPU for words and short prompts.
     Text towers built differently fall back to ``encode_text`` over the full context.
     """
+    clip: Any = model  # open_clip's CLIP, read by attribute names (as in _clip_readout)
     parts = ("token_embedding", "positional_embedding", "transformer", "ln_final", "attn_mask")
-    standard = all(getattr(model, a, None) is not None for a in parts)
-    if not standard or getattr(model, "text_pool_type", None) != "argmax":
-        return model.encode_text(tokens)
+    standard = all(getattr(clip, a, None) is not None for a in parts)
+    if not standard or getattr(clip, "text_pool_type", None) != "argmax":
+        return clip.encode_text(tokens)
     ends = tokens.argmax(dim=-1)  # (T,) end-of-text positions
     length = int(ends.max()) + 1
     short = tokens[:, :length]  # (T, L)
-    cast = model.transformer.get_cast_dtype()
-    x = model.token_embedding(short).to(cast) + model.positional_embedding[:length].to(cast)
-    mask = model.attn_mask[:length, :length].contiguous()  # (L, L) causal
-    x = model.ln_final(model.transformer(x, attn_mask=mask))  # (T, L, W)
+    cast = clip.transformer.get_cast_dtype()
+    x = clip.token_embedding(short).to(cast) + clip.positional_embedding[:length].to(cast)
+    mask = clip.attn_mask[:length, :length].contiguous()  # (L, L) causal
+    x = clip.ln_final(clip.transformer(x, attn_mask=mask))  # (T, L, W)
     x = x[torch.arange(x.shape[0], device=x.device), ends]  # (T, W)
-    proj = model.text_projection
+    proj = clip.text_projection
     if proj is None:
         return x
     return proj(x) if isinstance(proj, nn.Linear) else x @ proj  # (T, D)
@@ -164,11 +165,10 @@ def clip_head(loaded: LoadedModel) -> TextHead:
             emb = encode_tokens(model, tokens)  # (T, D)
         return F.normalize(emb.float(), dim=-1).cpu()
 
-    path, layout, readout = _clip_readout(loaded)
+    path, readout = _clip_readout(loaded)
     return TextHead(
         kind="clip",
         last_layer_path=path,
-        last_layout=layout,
         readout=readout.cpu(),
         encode=encode,
         to_space=lambda t: t,
@@ -208,8 +208,9 @@ def _classifier_parts(loaded: LoadedModel) -> tuple[str, nn.Linear, torch.Tensor
     order = [p for p, _ in named]
     gain = torch.ones(units)
     for p, m in named[order.index(last_path) + 1 : order.index(head_path)]:
-        inside = p.startswith(last_path + ".")
-        if not inside and isinstance(m, nn.BatchNorm2d) and m.num_features == units:
+        if p.startswith(last_path + ".") or not isinstance(m, nn.BatchNorm2d):
+            continue
+        if m.num_features == units and m.running_var is not None:
             scale = m.weight if m.weight is not None else torch.ones(units)
             gain = gain * (scale / torch.sqrt(m.running_var + m.eps)).detach().float().cpu()
     return last_path, head, gain
@@ -261,7 +262,6 @@ def classifier_head(
     return TextHead(
         kind="classifier",
         last_layer_path=last_path,
-        last_layout=Layout("nchw"),
         readout=readout,
         encode=encode,
         to_space=to_space,

@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from contracts.artifacts import ClimbedStrings, ClimbStart, RankedString
 from workers.ml.models import LoadedModel
 from workers.ml.text.heads import encode_tokens
 
@@ -70,6 +71,15 @@ class ClimbResult:
     start_text: str
     start_score: float
     top: list[tuple[str, float]]
+
+    def artifact(self) -> ClimbedStrings:
+        """The climb as its unit's ``text_fv`` artifact (variant ``hill_climb``)."""
+        return ClimbedStrings(
+            top=[RankedString(text=t, score=s) for t, s in self.top],
+            tokens=self.tokens,
+            start=ClimbStart(text=self.start_text, tokens=self.start, score=self.start_score),
+            lm_penalty=LM_PENALTY,
+        )
 
 
 def hill_climb(
@@ -168,11 +178,6 @@ def one_token_words(words: Sequence[str]) -> tuple[list[int], list[int]]:
             rows.append(i)
             ids.append(enc[0])
     return rows, ids
-
-
-def word_token_ids(words: Sequence[str], limit: int = 256) -> list[int]:
-    """CLIP BPE ids of words that are one token each (candidates for :func:`hill_climb`)."""
-    return one_token_words(words)[1][:limit]
 
 
 def climb_candidates(

@@ -7,12 +7,12 @@ from functools import lru_cache
 from pathlib import Path
 
 import torch
-import torchvision.transforms.functional as TF
 from PIL import Image, ImageDraw, ImageFont
 
 from contracts.layout import Layout
 from workers.ml.hooks import run_to, to_unit_maps
 from workers.ml.models import LoadedModel
+from workers.ml.preprocess import from_pil, normalize
 
 FONT = Path("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf")  # Debian fonts-dejavu-core
 
@@ -47,19 +47,14 @@ def word_activations(
 ) -> dict[str, torch.Tensor]:
     """Per layer (W, U): each unit's max over positions on each rendered word."""
     cfg = loaded.preprocess
-    mean = torch.tensor(cfg.mean)[:, None, None]  # (3, 1, 1)
-    std = torch.tensor(cfg.std)[:, None, None]  # (3, 1, 1)
     model = loaded.image_model
     param = next(model.parameters())
     chunks: dict[str, list[torch.Tensor]] = {p: [] for p in layers}
     with torch.inference_mode():
         for start in range(0, len(words), batch):
             # Rendered at the input size: no resize or crop that could cut the word.
-            imgs = [
-                (TF.pil_to_tensor(render_word(w, cfg.input_size)).float() / 255.0 - mean) / std
-                for w in words[start : start + batch]
-            ]
-            x = torch.stack(imgs).to(param.device, param.dtype)  # (B, 3, S, S)
+            imgs = [render_word(w, cfg.input_size) for w in words[start : start + batch]]
+            x = normalize(from_pil(imgs), cfg).to(param.device, param.dtype)  # (B, 3, S, S)
             raw = run_to(model, x, list(layers))
             for p, lay in layers.items():
                 chunks[p].append(to_unit_maps(raw[p], lay).amax(dim=(2, 3)).float().cpu())

@@ -1,0 +1,176 @@
+"""A unit's example sheets: its top and most negative dataset examples as receptive-field crops
+and activation heatmaps on a grid, drawn from the mined results.
+
+Only the images a sheet shows are run through the model again (to the mined layers), for
+their unit maps; every drawing takes the model-view image (``preprocess.model_view``), so
+map positions and receptive-field boxes fall on the pixels the model saw.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import defaultdict
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass
+
+import torch
+from PIL import Image
+from torch import nn
+
+from contracts.artifacts import DatasetExamples
+from contracts.layout import Layout
+from workers.ml.hooks import run_to, to_unit_maps
+from workers.ml.images import jpeg_bytes
+from workers.ml.mining import LayerResult
+from workers.ml.models import PreprocessConfig
+from workers.ml.preprocess import model_view, to_batch
+from workers.ml.receptive_field import RF
+from workers.ml.render import crop_example, heatmap_overlay
+
+SHOWN = 16  # examples drawn on each sheet
+COLS = 4  # sheets are COLS tiles wide
+CELL = 112  # px per tile on a sheet
+THUMB = 96  # px of the grid thumbnail (the best example's crop)
+CARD_TILES = 6  # top examples a neuron card shows
+# Units drawn at once on threads (benchmarks/mining_render.py); chunks bound the memory held.
+RENDER_THREADS = min(8, os.cpu_count() or 1)
+RENDER_CHUNK = 64
+
+Shown = dict[int, set[tuple[str, int]]]  # image id -> the (layer path, unit) sheets showing it
+UnitMaps = dict[tuple[str, int, int], torch.Tensor]  # (layer path, unit, image id) -> (H, W)
+
+
+def fit(tile: Image.Image, cell: int) -> Image.Image:
+    """One resize to cell x cell: hard-edged when enlarging tiny receptive fields."""
+    if tile.size == (cell, cell):
+        return tile
+    if max(tile.size) < cell:
+        return tile.resize((cell, cell), Image.Resampling.NEAREST)
+    return tile.resize((cell, cell), Image.Resampling.BILINEAR, reducing_gap=2.0)
+
+
+def sheet(tiles: Sequence[Image.Image], cols: int = COLS, cell: int = CELL) -> Image.Image:
+    """Tiles (resized to cell x cell) on a grid, row-major."""
+    rows = max(1, (len(tiles) + cols - 1) // cols)
+    out = Image.new("RGB", (cols * cell, rows * cell), (24, 24, 24))
+    for i, t in enumerate(tiles):
+        out.paste(fit(t, cell), ((i % cols) * cell, (i // cols) * cell))
+    return out
+
+
+def shown_images(results: Mapping[str, LayerResult], units: int | None = None) -> Shown:
+    """Which images the sheets of each layer's units show (the first ``units`` of each layer;
+    None: all), top and negative."""
+    wanted: Shown = defaultdict(set)
+    for path, res in results.items():
+        for u in range(res.unit_count if units is None else min(units, res.unit_count)):
+            for ids in (res.top_ids, res.neg_ids):
+                if ids is None:
+                    continue
+                for i in ids[u, :SHOWN].tolist():
+                    if i >= 0:
+                        wanted[i].add((path, u))
+    return wanted
+
+
+def example_maps(
+    model: nn.Module,
+    layouts: Mapping[str, Layout],
+    wanted: Shown,
+    batches: Iterable[tuple[Sequence[int], Sequence[Image.Image]]],
+    cfg: PreprocessConfig,
+    device: torch.device | str,
+) -> tuple[dict[int, Image.Image], UnitMaps]:
+    """The model-view image of every shown image and the unit maps its sheets draw.
+
+    ``batches``: (image ids, decoded images) of the shown images, a batch at a time.
+    """
+    views: dict[int, Image.Image] = {}
+    maps_out: UnitMaps = {}
+    for ids, imgs in batches:
+        for i, im in zip(ids, imgs, strict=True):
+            views[i] = model_view(im, cfg)
+        x = to_batch(imgs, cfg).to(device)  # (N, 3, S, S)
+        with torch.inference_mode():
+            outs = run_to(model, x, list(layouts))
+        for path, out in outs.items():
+            maps = to_unit_maps(out, layouts[path]).float().cpu()  # (N, U, H, W)
+            for row, i in enumerate(ids):
+                for p, u in wanted[i]:
+                    if p == path:
+                        maps_out[(path, u, i)] = maps[row, u].clone()  # (H, W)
+    return views, maps_out
+
+
+@dataclass
+class DrawnGroup:
+    """One group's (top or negative) sheets of a unit, encoded."""
+
+    crops: bytes
+    heatmaps: bytes
+    image_ids: list[int]
+    thumb: bytes | None  # top group only
+    card_tiles: list[Image.Image]  # top group only: the card's examples
+
+
+def render_unit(
+    index: DatasetExamples,
+    path: str,
+    unit: int,
+    views: Mapping[int, Image.Image],
+    unit_maps: UnitMaps,
+    rf: RF,
+    size: int,
+) -> dict[str, DrawnGroup]:
+    """A unit's example sheets (receptive-field crops and heatmaps), per group; records each
+    example's box and the input size in ``index``. No database or store: safe to run on
+    several threads."""
+    index.input_size = size
+    out = {}
+    for group, examples in (("top", index.top), ("negative", index.negative or [])):
+        for ex in examples:
+            ex.box = rf.box(ex.y, ex.x, size)
+        shown = [e for e in examples[:SHOWN] if (path, unit, e.image_id) in unit_maps]
+        if not shown:
+            continue
+        crops, heats = [], []
+        for e in shown:
+            assert e.box is not None
+            view = views[e.image_id]
+            crops.append(crop_example(view, e.box))
+            umap = unit_maps[(path, unit, e.image_id)]
+            # Negative examples: highlight where the unit is most negative.
+            heat = heatmap_overlay(view, umap if group == "top" else -umap, e.box)
+            heats.append(crop_example(heat, e.box))
+        top = group == "top"
+        out[group] = DrawnGroup(
+            crops=jpeg_bytes(sheet(crops)),
+            heatmaps=jpeg_bytes(sheet(heats)),
+            image_ids=[e.image_id for e in shown],
+            thumb=jpeg_bytes(fit(crops[0], THUMB)) if top else None,
+            card_tiles=crops[:CARD_TILES] if top else [],
+        )
+    return out
+
+
+def draw_layer(
+    pool: Executor,
+    res: LayerResult,
+    path: str,
+    views: Mapping[int, Image.Image],
+    unit_maps: UnitMaps,
+    rf: RF,
+    size: int,
+) -> Iterator[tuple[int, DatasetExamples, dict[str, DrawnGroup]]]:
+    """(unit, its examples index, its sheets) for every unit of a layer, in unit order, drawn
+    on ``pool``'s threads (Pillow and numpy release the GIL) a chunk at a time."""
+
+    def draw(u: int) -> tuple[DatasetExamples, dict[str, DrawnGroup]]:
+        index = res.unit(u)
+        return index, render_unit(index, path, u, views, unit_maps, rf, size)
+
+    for first in range(0, res.unit_count, RENDER_CHUNK):
+        units = range(first, min(first + RENDER_CHUNK, res.unit_count))
+        for u, (index, drawn) in zip(units, pool.map(draw, units), strict=True):
+            yield u, index, drawn
