@@ -7,6 +7,8 @@ from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from contracts.layout import Branch
+
 T = TypeVar("T")
 
 
@@ -70,6 +72,7 @@ class LayerOut(BaseModel):
                 "output_shape": [80, 14, 14],
                 "order": 4,
                 "is_default": True,
+                "branches": None,
             }
         }
     )
@@ -80,6 +83,11 @@ class LayerOut(BaseModel):
     output_shape: list[int]
     order: int
     is_default: bool
+    branches: list[Branch] | None = Field(
+        None,
+        description="the parallel branches whose outputs the layer lays side by side, in unit "
+        "order (an Inception module's 1x1, 3x3, 5x5 and pool branches); null when none",
+    )
     url: str
     api_url: str
 
@@ -119,6 +127,7 @@ class UnitOut(BaseModel):
     label: str | None
     label_source: str | None
     label_confidence: float | None
+    branch: Branch | None = Field(None, description="the layer's branch holding this unit")
     url: str
     api_url: str
     prev_url: str | None
