@@ -424,7 +424,7 @@ def models_inspect(
     if as_json:
         sys.stdout.write(json.dumps(info, indent=2) + "\n")
         return
-    t = Table("layer", "kind", "units", "shape", "default")
+    t = Table("layer", "kind", "units", "shape", "default", "branches")
     for layer in info["layers"]:
         t.add_row(
             layer["name"],
@@ -432,8 +432,12 @@ def models_inspect(
             str(layer["unit_count"]),
             "x".join(map(str, layer["output_shape"])),
             "yes" if layer["default"] else "",
+            " ".join(f"{b['name']}:{b['stop'] - b['start']}" for b in layer.get("branches") or []),
         )
-    console.print(f"{info['spec']}  family={info['family']}  pretrained={info['pretrained']}")
+    console.print(
+        f"{info['spec']}  family={info['family']}  rule={info.get('rule')}  "
+        f"pretrained={info['pretrained']}"
+    )
     console.print(t)
 
 

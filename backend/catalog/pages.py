@@ -11,6 +11,7 @@ from fastapi.responses import HTMLResponse
 from sqlalchemy.orm import Session
 
 from backend.catalog import service
+from backend.catalog.branches import branch_bands, branch_shares, group_units
 from backend.catalog.facets import list_facets
 from backend.catalog.repository import CatalogRepository
 from backend.catalog.schemas import LayerOut
@@ -112,11 +113,13 @@ def layer_diagram(layers: list[LayerOut]) -> dict[str, Any]:
     for layer, side in zip(layers, sides, strict=True):
         h = 12 + tall * math.log2(side + 1) / math.log2(top_side + 1)
         w = 10 + 6 * math.log2(max(layer.unit_count, 1))
+        y = 8 + (tall + 12 - h) / 2
         boxes.append(
             {
                 "layer": layer,
                 "x": round(x, 1),
-                "y": round(8 + (tall + 12 - h) / 2, 1),
+                "y": round(y, 1),
+                "bands": branch_bands(layer.branches, layer.unit_count, y, h),
                 "w": round(w, 1),
                 "h": round(h, 1),
                 "cx": round(x + w / 2, 1),
@@ -147,10 +150,13 @@ def layer_page(
     m = service.get_model(session, model)
     lyr = service.get_layer(session, m, layer)
     units = service.list_units(session, m, lyr, offset=offset, limit=GRID_PAGE, view=view)
+    out = service.layer_out(m, lyr)
     ctx = {
         "model": service.model_out(m),
-        "layer": service.layer_out(m, lyr),
+        "layer": out,
         "units": units,
+        "groups": group_units(units, out.branches),
+        "shares": branch_shares(out.branches, out.unit_count),
         "offset": offset,
         "page_size": GRID_PAGE,
         "next_offset": offset + GRID_PAGE if offset + GRID_PAGE < lyr.unit_count else None,

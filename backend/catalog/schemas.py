@@ -9,6 +9,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from backend.jobs.schemas import JobOut
+from contracts.layout import Branch
 
 
 class ModelOut(BaseModel):
@@ -63,6 +64,7 @@ class LayerOut(BaseModel):
                 "output_shape": [80, 14, 14],
                 "order": 4,
                 "is_default": True,
+                "branches": None,
             }
         }
     )
@@ -73,6 +75,11 @@ class LayerOut(BaseModel):
     output_shape: list[int]
     order: int
     is_default: bool
+    branches: list[Branch] | None = Field(
+        None,
+        description="the parallel branches whose outputs the layer lays side by side, in unit "
+        "order (an Inception module's 1x1, 3x3, 5x5 and pool branches); null when none",
+    )
     url: str
     api_url: str
 
@@ -115,6 +122,7 @@ class UnitOut(BaseModel):
     label: str | None
     label_source: str | None
     label_confidence: float | None
+    branch: Branch | None = Field(None, description="the layer's branch holding this unit")
     url: str
     api_url: str
     prev_url: str | None

@@ -14,6 +14,7 @@ from backend.db.models import Artifact, Job, Layer, Model, Unit
 from backend.errors import InvalidInput, NotFoundError
 from backend.jobs.service import enqueue_job
 from contracts.jobs import RegisterModelParams
+from contracts.layout import branch_of, branches_from_json
 from contracts.spec import SpecError, parse_spec, slugify
 
 
@@ -112,6 +113,7 @@ def layer_out(model: Model, layer: Layer) -> LayerOut:
         output_shape=layer.output_shape,
         order=layer.order,
         is_default=layer.is_default,
+        branches=branches_from_json(layer.branches),
         url=urls.layer_url(model.slug, layer.name),
         api_url=urls.api_layer_url(model.slug, layer.name),
     )
@@ -141,6 +143,7 @@ def unit_out(
         label=unit.label,
         label_source=unit.label_source,
         label_confidence=unit.label_confidence,
+        branch=branch_of(branches_from_json(layer.branches), i),
         url=urls.unit_url(model.slug, layer.name, i),
         api_url=urls.api_unit_url(model.slug, layer.name, i),
         prev_url=urls.unit_url(model.slug, layer.name, i - 1) if i > 0 else None,

@@ -78,6 +78,8 @@ class Layer(Base):
     layout: Mapped[dict[str, Any]] = mapped_column(JSONType)
     order: Mapped[int] = mapped_column(Integer)
     is_default: Mapped[bool] = mapped_column(Boolean, default=True)
+    # Parallel branches laid side by side on the unit axis (contracts.layout.Branch dicts).
+    branches: Mapped[list[dict[str, Any]] | None] = mapped_column(JSONType, nullable=True)
 
     model: Mapped[Model] = relationship(back_populates="layers")
 

@@ -20,9 +20,8 @@ import torch
 from torch import nn
 
 from contracts.spec import ModelSpec, SpecError, parse_spec
+from workers.ml.native import class_names_for, preprocess_for
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 CHECKPOINT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
 # A BatchNorm step counter, not a weight: checkpoints may omit it and it must not change checksums.
 _COUNTER_SUFFIX = "num_batches_tracked"
@@ -302,6 +301,10 @@ def _build_timm(ms: ModelSpec, spec: str) -> tuple[nn.Module, bool]:
     return _fetch(spec, lambda: timm.create_model(tagged, pretrained=True)), True
 
 
+# torchvision builders that take init_weights (and warn when it is left unset).
+_TV_INIT_WEIGHTS = ("googlenet", "inception_v3")
+
+
 def _build_torchvision(ms: ModelSpec, spec: str) -> tuple[nn.Module, bool]:
     import torchvision
 
@@ -311,7 +314,10 @@ def _build_torchvision(ms: ModelSpec, spec: str) -> tuple[nn.Module, bool]:
             '`python -c "import torchvision; print(torchvision.models.list_models())"`'
         )
     if ms.weights is None or ms.weights.startswith("pypi:") or ms.is_local_checkpoint:
-        built = _seeded(lambda: torchvision.models.get_model(ms.name, weights=None))
+        # PyTorch's default init for the Inception builders (torchvision's own truncated-normal
+        # one takes seconds and is going away, their FutureWarning says).
+        extra = {"init_weights": False} if ms.name in _TV_INIT_WEIGHTS else {}
+        built = _seeded(lambda: torchvision.models.get_model(ms.name, weights=None, **extra))
         return built, ms.weights is not None
     enum = torchvision.models.get_model_weights(ms.name)
     tags = [w.name for w in enum] + ["DEFAULT"]
@@ -344,31 +350,7 @@ def _build_open_clip(ms: ModelSpec, spec: str) -> tuple[nn.Module, bool]:
 
 
 # ---------------------------------------------------------------------------------------------
-# Preprocessing, families, class names
-
-
-def _preprocess_for(source: str, image_model: nn.Module) -> PreprocessConfig:
-    if source == "timm":
-        from timm.data import resolve_data_config
-
-        cfg = resolve_data_config({}, model=image_model)
-        return PreprocessConfig(
-            input_size=int(cfg["input_size"][-1]),
-            mean=tuple(float(x) for x in cfg["mean"]),  # type: ignore[arg-type]
-            std=tuple(float(x) for x in cfg["std"]),  # type: ignore[arg-type]
-            interpolation="bicubic" if cfg["interpolation"] == "bicubic" else "bilinear",
-            crop_pct=float(cfg["crop_pct"]),
-        )
-    if source == "open_clip":
-        from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
-
-        size = image_model.image_size
-        side = int(size[0] if isinstance(size, (tuple, list)) else size)
-        # CLIP was trained on a resize-to-side plus center crop: no extra margin.
-        return PreprocessConfig(
-            side, tuple(OPENAI_DATASET_MEAN), tuple(OPENAI_DATASET_STD), "bicubic", 1.0
-        )
-    return PreprocessConfig(224, IMAGENET_MEAN, IMAGENET_STD, "bilinear", 0.875)
+# Families (preprocessing and class names: workers.ml.native)
 
 
 def _family(source: str, name: str, image_model: nn.Module) -> str:
@@ -386,24 +368,6 @@ def _family(source: str, name: str, image_model: nn.Module) -> str:
     if cls == "VisionTransformer" or lname.startswith(("vit", "deit")):
         return "vit"
     return "convnet"
-
-
-def imagenet_class_names() -> list[str]:
-    """The 1000 ImageNet class names in index order (shipped with torchvision)."""
-    from torchvision.models._meta import _IMAGENET_CATEGORIES
-
-    return list(_IMAGENET_CATEGORIES)
-
-
-def _class_names(source: str, image_model: nn.Module, pretrained: bool) -> list[str] | None:
-    if source == "open_clip" or not pretrained:
-        return None
-    # Only a 1000-way head can be labelled with the ImageNet names.
-    n = getattr(image_model, "num_classes", None)
-    if n is None:
-        last = [m for m in image_model.modules() if isinstance(m, nn.Linear)]
-        n = last[-1].out_features if last else None
-    return imagenet_class_names() if n == 1000 else None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -435,7 +399,11 @@ def load_model(spec: str, device: str = "cpu") -> LoadedModel:
 
     full_model.eval()
     full_model.to(device)
-    image_model = full_model.visual if ms.source == "open_clip" else full_model
+    image_model = full_model
+    if ms.source == "open_clip":
+        visual = full_model.visual
+        assert isinstance(visual, nn.Module)  # open_clip's image tower
+        image_model = visual
     tokenizer = None
     if ms.source == "open_clip":
         import open_clip
@@ -446,9 +414,9 @@ def load_model(spec: str, device: str = "cpu") -> LoadedModel:
         family=_family(ms.source, ms.name, image_model),
         image_model=image_model,
         full_model=full_model,
-        preprocess=_preprocess_for(ms.source, image_model),
+        preprocess=PreprocessConfig(**preprocess_for(ms, image_model)),
         checksum=state_dict_checksum(full_model.state_dict()),
         pretrained=pretrained,
-        class_names=_class_names(ms.source, image_model, pretrained),
+        class_names=class_names_for(ms, image_model, pretrained),
         tokenizer=tokenizer,
     )

@@ -47,6 +47,7 @@ def register(session: Session, job: Job, progress: Progress) -> str:
             layout=info.layout.to_dict(),
             order=info.order,
             is_default=info.default,
+            branches=[b.model_dump() for b in info.branches] if info.branches else None,
         )
         session.add(layer)
         session.flush()

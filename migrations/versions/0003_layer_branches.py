@@ -1,0 +1,28 @@
+"""layer branches: the parallel branches a layer's units come from (Inception modules)
+
+Revision ID: 0003
+Revises: 0002
+Create Date: 2026-12-01 14:00:00
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from alembic import op
+from sqlalchemy.dialects import postgresql
+
+revision = "0003"
+down_revision = "0002"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    json_type = sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), "postgresql")
+    with op.batch_alter_table("layers") as batch:
+        batch.add_column(sa.Column("branches", json_type, nullable=True))
+
+
+def downgrade() -> None:
+    with op.batch_alter_table("layers") as batch:
+        batch.drop_column("branches")
