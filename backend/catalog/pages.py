@@ -13,6 +13,8 @@ from backend.catalog import service
 from backend.catalog.facets import list_facets
 from backend.catalog.repository import CatalogRepository
 from backend.catalog.schemas import LayerOut
+from backend.catalog.structure import circuits_view
+from backend.catalog.structure_views import structure_context
 from backend.catalog.views import (
     VIEW_TITLES,
     examples_view,
@@ -187,8 +189,10 @@ def unit_context(
         found = JobRepository(session).get(job_id)
         job = job_out(found) if found is not None else None
     examples = text = weights = None
+    circuits = None
     if active == "weights":
         weights = weights_view(request.app.state.store, views["weights"], unit, v.out.url)
+        circuits = circuits_view(session, request.app.state.store, v.model, v.layer, unit)
     if active == "examples":
         examples = examples_view(session, request.app.state.store, views["examples"])
     if active == "text":
@@ -204,6 +208,7 @@ def unit_context(
         "examples": examples,
         "text": text,
         "weights": weights,
+        "circuits": circuits,
         "heatmap": request.query_params.get("heatmap") == "1",
         "families": unit_families(session, v.unit),
         "all_families": list_families(session) if admin else [],
@@ -239,5 +244,6 @@ def layer_page(
         "prev_offset": max(0, offset - GRID_PAGE) if offset > 0 else None,
         "view": view,
     }
+    ctx.update(structure_context(request, session, m, lyr, view))
     name = "_unit_grid.html" if is_htmx(request) else "layer.html"
     return templates.TemplateResponse(request, name, ctx)

@@ -102,7 +102,7 @@ def test_first_layer_colour_and_frequency_and_their_carrying_to_a_deeper_layer()
 
 def test_an_inception_modules_branches_are_read_from_its_concatenation() -> None:
     net = nn.Sequential(OrderedDict(a=nn.Conv2d(3, 12, 3), mixed=Inception(12, 4, 3, 5, 2, 3, 2)))
-    branches = concat_branches(net.eval(), "mixed", 32)
+    branches = concat_branches(net.eval(), ["a", "mixed"], 32)["mixed"]
     assert [(b.name, b.start, b.stop) for b in branches] == [
         ("branch1", 0, 4),
         ("branch2", 4, 9),
@@ -110,7 +110,8 @@ def test_an_inception_modules_branches_are_read_from_its_concatenation() -> None
         ("branch4", 12, 14),
     ]
     assert branches[1].convs == "1x1, 3x3" and branches[0].convs == "1x1"
-    assert concat_branches(tiny_net(), "res", 16) == []  # a residual block adds, never stacks
+    # A residual block adds its paths, never stacks them.
+    assert concat_branches(tiny_net(), ["res"], 16) == {"res": []}
     grouped = group_branches(nn.Conv2d(8, 6, 3, groups=2))
     assert [(b.name, b.start, b.stop) for b in grouped] == [("group1", 0, 3), ("group2", 3, 6)]
     assert group_branches(nn.Conv2d(8, 8, 3, groups=8)) == []  # depthwise: no branches

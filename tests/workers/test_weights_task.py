@@ -80,9 +80,15 @@ def test_every_unit_of_a_conv_layer_gets_an_nmf_image_and_svd_coordinates(
             assert list(colours) == ["red", "green", "blue"]
             names = {t["name"] for tops in colours.values() for t in tops}
             assert names <= {"R", "G", "B"} if name == "conv_stem" else names.isdisjoint("RGB")
-        head = s.scalars(select(Artifact).where(Artifact.layer_id == weights_done["conv_head"]))
+        # The kernel views (structure views beside them are tested in test_weight_structure_task).
+        views = Artifact.kind.in_(("weights_nmf", "weights_svd"))
+        head = s.scalars(
+            select(Artifact).where(Artifact.layer_id == weights_done["conv_head"], views)
+        )
         assert [a.kind for a in head] == ["weights_svd"]
-        blocks3 = s.scalars(select(Artifact).where(Artifact.layer_id == weights_done["blocks.3"]))
+        blocks3 = s.scalars(
+            select(Artifact).where(Artifact.layer_id == weights_done["blocks.3"], views)
+        )
         # Expanded through the 1x1 projection, past the squeeze-excite gate.
         assert next(iter(blocks3)).provenance["params"]["convs"] == [
             "blocks.3.0.conv_dw",

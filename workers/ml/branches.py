@@ -61,30 +61,42 @@ def _kernels(module: nn.Module) -> str:
     return ", ".join(sizes)
 
 
-def concat_branches(model: nn.Module, module_path: str, input_size: int) -> list[DerivedBranch]:
-    """The branches a layer's output is concatenated from, named by the child module that
-    makes each piece; empty when the output is not a channel concatenation."""
-    layer = get_module(model, module_path)
-    children = dict(layer.named_children())
+def concat_branches(
+    model: nn.Module, module_paths: Sequence[str], input_size: int
+) -> dict[str, list[DerivedBranch]]:
+    """For each layer, the branches its output is concatenated from, named by the child
+    module that makes each piece (empty when the output is not a channel concatenation);
+    one forward pass for all of them."""
+    children = {p: dict(get_module(model, p).named_children()) for p in module_paths}
+    child_paths = [f"{p}.{c}" if p else c for p in module_paths for c in children[p]]
     param = next(model.parameters())
     x = torch.zeros(1, 3, input_size, input_size, device=param.device, dtype=param.dtype)
     mode = _Concats()
-    paths = [f"{module_path}.{c}" if module_path else c for c in children]
-    with torch.no_grad(), capture(model, [module_path, *paths], detach=False) as store, mode:
+    with (
+        torch.no_grad(),
+        capture(model, [*module_paths, *child_paths], detach=False) as store,
+        mode,
+    ):
         model(x)
-    out = store.get(module_path)
-    match = next((pieces for pieces, result in mode.calls if result is out), None)
-    if match is None:
-        return []
-    by_tensor = {id(store[p]): p for p in paths if p in store}
-    branches, start = [], 0
-    for k, piece in enumerate(match):
-        path = by_tensor.get(id(piece))
-        name = path.rpartition(".")[2] if path else f"part{k + 1}"
-        stop = start + int(piece.shape[1])
-        branches.append(DerivedBranch(name, start, stop, _kernels(children[name]) if path else ""))
-        start = stop
-    return branches
+    by_result = {id(result): pieces for pieces, result in mode.calls}
+    found: dict[str, list[DerivedBranch]] = {}
+    for path in module_paths:
+        out = store.get(path)
+        match = by_result.get(id(out)) if out is not None else None
+        found[path] = []
+        if match is None:
+            continue
+        names = {id(store[c]): c.rpartition(".")[2] for c in child_paths if c in store}
+        start = 0
+        for k, piece in enumerate(match):
+            name = names.get(id(piece))
+            own = name is not None and name in children[path]
+            stop = start + int(piece.shape[1])
+            label = name if own and name else f"part{k + 1}"
+            convs = _kernels(children[path][label]) if own else ""
+            found[path].append(DerivedBranch(label, start, stop, convs))
+            start = stop
+    return found
 
 
 def group_branches(conv: nn.Conv2d) -> list[DerivedBranch]:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 from sklearn.cluster import KMeans
 from sklearn.metrics import silhouette_score
+from threadpoolctl import threadpool_limits
 
 K_RANGE = range(4, 20)
 SILHOUETTE_SAMPLE = 1000  # units the silhouette is measured on (it is quadratic in units)
@@ -46,14 +47,17 @@ def kmeans_groups(x: np.ndarray, ks: Sequence[int] = K_RANGE, seed: int = 0) -> 
     sample = min(n, SILHOUETTE_SAMPLE)
     best: tuple[float, int, KMeans] | None = None
     scores: dict[int, float] = {}
-    for k in ks:
-        km = KMeans(n_clusters=k, n_init=4, random_state=seed).fit(x)
-        if len(set(km.labels_)) < 2:
-            continue  # identical rows: no clustering to score
-        s = float(silhouette_score(x, km.labels_, sample_size=sample, random_state=seed))
-        scores[k] = s
-        if best is None or s > best[0]:
-            best = (s, k, km)
+    # The data are small (units x kernel positions): OpenMP threads only contend here, and
+    # on a shared 2-core machine they made one layer 25x slower (measured), so one thread.
+    with threadpool_limits(1):
+        for k in ks:
+            km = KMeans(n_clusters=k, n_init=4, random_state=seed).fit(x)
+            if len(set(km.labels_)) < 2:
+                continue  # identical rows: no clustering to score
+            s = float(silhouette_score(x, km.labels_, sample_size=sample, random_state=seed))
+            scores[k] = s
+            if best is None or s > best[0]:
+                best = (s, k, km)
     if best is None:
         raise ValueError("the units' weights are all alike: no groups")
     _, k, km = best

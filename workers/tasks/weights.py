@@ -16,6 +16,7 @@ from contracts.jobs import TASK_WEIGHT_VIEWS, WeightViewsParams
 from workers.tasks.artifacts import publish, publish_json
 from workers.tasks.jobrun import Progress, job_task, params_of, ready_model
 from workers.tasks.mining import _device, cached_model
+from workers.tasks.weight_structure import StructureRun, circuit_chain
 
 WEIGHTS_VERSION = 1
 NMF_COMPONENTS = 3
@@ -52,12 +53,12 @@ def _top_inputs(component: np.ndarray, c_in: int, names: list[str] | None) -> li
 
 
 def _publish_layer(
-    session: Session, store: ObjectStore, model: Model, layer: Layer, loaded: Any, order: Any
-) -> str:
-    """One layer's weight views; returns what was published (or raises NoWeights)."""
-    from workers.ml.weights import NoWeights, nmf_rgb, rgb_image, svd_placement, unit_weights
+    session: Session, store: ObjectStore, model: Model, layer: Layer, uw: Any
+) -> tuple[str, np.ndarray | None]:
+    """One layer's weight views of its kernels ``uw``; returns what was published and the
+    units' NMF-RGB maps (None for 1x1 kernels)."""
+    from workers.ml.weights import NoWeights, nmf_rgb, rgb_image, svd_placement
 
-    uw = unit_weights(loaded.image_model, layer.module_path, layer.unit_count, order)
     c_out, c_in, kh, kw = uw.weight.shape
     base = {"convs": uw.convs, "version": WEIGHTS_VERSION}
     # One set of weight views per layer: a newer code version replaces the older one.
@@ -99,7 +100,7 @@ def _publish_layer(
         done.append("SVD")
     if kh * kw == 1:
         done.append("no NMF-RGB: 1x1 kernels and no spatial convolution feeds them")
-        return "; ".join(done)
+        return "; ".join(done), None
     nmf = nmf_rgb(uw.weight, NMF_COMPONENTS)
     params = {**base, "method": "nmf-rgb", "components": NMF_COMPONENTS, "size": NMF_PNG_SIZE}
     colours = ["red", "green", "blue"]
@@ -149,12 +150,13 @@ def _publish_layer(
             },
         )
     done.append(f"NMF-RGB of {c_out} units")
-    return "; ".join(done)
+    return "; ".join(done), nmf.maps
 
 
 def weight_views(session: Session, job: Job, progress: Progress) -> str:
-    """NMF-RGB images and SVD placements for the job's layers (no images needed)."""
-    from workers.ml.weights import NoWeights, conv_order
+    """NMF-RGB images, SVD placements and structure views (circuits, banding, groups,
+    properties, branches) for the job's layers (no images needed)."""
+    from workers.ml.weights import NoWeights, conv_order, unit_weights
 
     p = params_of(job, WeightViewsParams)
     model = ready_model(session, p.model_id)
@@ -165,15 +167,29 @@ def weight_views(session: Session, job: Job, progress: Progress) -> str:
     session.commit()
     loaded = cached_model(model.spec, _device())
     order = conv_order(loaded.image_model, int(loaded.preprocess.input_size))
+    structure = StructureRun(
+        session,
+        store,
+        model,
+        loaded.image_model,
+        order,
+        circuit_chain(weight_layers(session, model, "default")),
+        layers,
+    )
     results = []
     for i, layer in enumerate(layers):
         progress(i, len(layers), f"{layer.name}: weight views")
+        uw, maps, reason = None, None, ""
         try:
-            results.append(
-                f"{layer.name}: {_publish_layer(session, store, model, layer, loaded, order)}"
-            )
+            uw = unit_weights(loaded.image_model, layer.module_path, layer.unit_count, order)
+            done, maps = _publish_layer(session, store, model, layer, uw)
+            results.append(f"{layer.name}: {done}")
         except NoWeights as e:
+            reason = str(e)
             results.append(f"{layer.name}: skipped ({e})")
+        more = structure.publish_layer(layer, uw, maps, reason)
+        if more:
+            results[-1] += f"; {more}"
         session.commit()  # layer by layer: a lost worker loses one layer
     return " | ".join(results)
 
