@@ -59,7 +59,8 @@ class BandingPayload(_Payload):
     horizontal: float | None = None  # mean share of structure in horizontal bands
     vertical: float | None = None
     baseline: float | None = None  # either share for independent noise
-    units: list[tuple[float, float]] = []  # (horizontal, vertical) share of each unit
+    # (horizontal, vertical) share of each unit; None for a unit with no map (a 1x1 branch)
+    units: list[tuple[float, float] | None] = []
 
 
 class Group(BaseModel):

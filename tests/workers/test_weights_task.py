@@ -144,3 +144,35 @@ def test_weight_views_api_checks_layers_and_queues_a_job(client, admin, weights_
     assert r.status_code == 202
     job = r.json()
     assert job["kind"] == "weight_views" and job["state"] == "queued"
+
+
+def test_structure_views_come_with_the_weight_views(client, weights_done) -> None:
+    api = f"/api/v1/models/{SLUG}/layers"
+    circuits = client.get(f"{api}/blocks.3/circuits").json()
+    assert circuits["inputs"]["layer"] == "blocks.2" and circuits["inputs"]["method"] == "expanded"
+    assert circuits["outputs"]["layer"] == "blocks.4" and len(circuits["units"]) == 48
+    stem = client.get(f"{api}/conv_stem/circuits?unit=0").json()
+    assert stem["inputs"] is None and stem["outputs"]["layer"] == "blocks.0"
+    assert stem["unit"]["outputs"]["positive"]
+    band = client.get(f"{api}/blocks.3/banding").json()
+    assert -1 <= band["score"] <= 1 and band["maps"].startswith("NMF-RGB maps, 3x3, expanded")
+    assert "1x1 convolutions" in client.get(f"{api}/conv_head/banding").json()["reason"]
+    assert 4 <= client.get(f"{api}/blocks.3/clusters").json()["k"] <= 19
+    pair = client.get(f"{api}/conv_stem/svd-pair").json()
+    assert len(pair["units"]) == 24 and len(pair["explained"]) == 2
+    colour = client.get(f"{api}/blocks.3/properties").json()["colour"]
+    assert len(colour) == 48 and all(0 <= c <= 1 for c in colour)
+    # The layer page of a 1x1 layer says why its grid has no images.
+    head = BeautifulSoup(
+        client.get(f"/models/{SLUG}/conv_head?view=weights", headers=HTML).text, "html.parser"
+    )
+    assert "1x1 convolutions" in head.select_one(".banding .nmf-none").text
+    # From a unit to its strongest input, whose page lists its outputs into this layer.
+    page = BeautifulSoup(
+        client.get(f"/models/{SLUG}/blocks.3/5?view=weights", headers=HTML).text, "html.parser"
+    )
+    link = page.select_one(".circuit-side[data-side=inputs] .circuit-links a")
+    assert link["href"].startswith(f"/models/{SLUG}/blocks.2/")
+    back = BeautifulSoup(client.get(link["href"], headers=HTML).text, "html.parser")
+    outs = back.select(".circuit-side[data-side=outputs] .circuit-links a")
+    assert outs and all(a["href"].startswith(f"/models/{SLUG}/blocks.3/") for a in outs)

@@ -19,7 +19,16 @@ from workers.ml.branches import DerivedBranch, concat_branches, group_branches
 from workers.ml.circuits import NoCircuit, PathWeights, path_weights, strongest
 from workers.ml.weight_clusters import kmeans_groups, spatial_shapes
 from workers.ml.weight_properties import carried, colour_share, spatial_frequency
-from workers.ml.weights import ConvCall, NoWeights, UnitWeights, expand, first_pair, svd_placement
+from workers.ml.weights import (
+    ConvCall,
+    NoWeights,
+    UnitWeights,
+    expand,
+    first_pair,
+    nmf_rgb,
+    svd_placement,
+    unit_weights,
+)
 from workers.tasks.artifacts import publish_json
 
 STRUCTURE_VERSION = 1
@@ -132,9 +141,10 @@ class StructureRun:
                 Artifact.unit_index.is_(None),
             )
         )
+        sets = self.kernel_sets(layer, uw, maps)
         done = [
-            self._banding(layer, uw, maps, reason),
-            self._clusters(layer, uw, reason),
+            self._banding(layer, sets, reason if not sets else ""),
+            self._clusters(layer, sets, reason if not sets else ""),
             self._branches(layer, uw),
             self._properties(layer, uw),
             self._circuits(layer),
@@ -143,46 +153,79 @@ class StructureRun:
             done.append(self._svd_pair(layer))
         return ", ".join(d for d in done if d)
 
-    def _banding(
-        self, layer: Layer, uw: UnitWeights | None, maps: np.ndarray | None, reason: str
-    ) -> str:
-        if maps is None:
-            why = reason or "its kernels are 1x1: no rows or columns to compare"
+    def kernel_sets(
+        self, layer: Layer, uw: UnitWeights | None, maps: np.ndarray | None
+    ) -> list[KernelSet]:
+        """The layer's kernels in sets that share an input space: the layer's own, or, for a
+        layer concatenated from branches (an Inception module), each branch's own kernel
+        with its NMF-RGB maps fitted per branch."""
+        if uw is not None:
+            return [KernelSet(layer.name, 0, uw, maps)]
+        sets = []
+        for b in self.concatenations().get(layer.module_path, []):
+            path = f"{layer.module_path}.{b.name}" if layer.module_path else b.name
+            try:
+                buw = unit_weights(self.image_model, path, b.stop - b.start, self.order)
+            except (NoWeights, AttributeError):
+                continue
+            spatial = buw.weight.shape[2] * buw.weight.shape[3] > 1
+            bmaps = nmf_rgb(buw.weight).maps if spatial else None  # 3 colours, as the layer's
+            sets.append(KernelSet(b.name, b.start, buw, bmaps))
+        return sets
+
+    def _banding(self, layer: Layer, sets: list[KernelSet], reason: str) -> str:
+        spatial = [k for k in sets if k.maps is not None]
+        if not spatial:
+            why = reason or (
+                "its units come from 1x1 convolutions with no spatial convolution before them "
+                "in the layer: no kernel maps, so no rows or columns to compare"
+            )
             self._publish(layer, wv.BANDING, wv.BandingPayload(reason=why), method="banding")
             return ""
-        b = banding(maps)
-        kh, kw = maps.shape[1:3]
-        expanded = f", expanded through {', '.join(uw.convs[1:])}" if uw and uw.expanded else ""
+        units: list[tuple[float, float] | None] = [None] * layer.unit_count
+        baselines = []
+        for k in spatial:
+            assert k.maps is not None
+            b = banding(k.maps)
+            for i in np.flatnonzero(b.counted):
+                units[k.offset + int(i)] = (_round(b.horizontal[i]), _round(b.vertical[i]))
+                baselines.append(b.baseline)
+        shares = np.array([u for u in units if u is not None]).reshape(-1, 2)
         payload = wv.BandingPayload(
-            maps=f"NMF-RGB maps, {kh}x{kw}{expanded}",
-            score=None if b.score is None else _round(b.score),
-            horizontal=_round(float(b.horizontal[b.counted].mean())) if b.counted.any() else None,
-            vertical=_round(float(b.vertical[b.counted].mean())) if b.counted.any() else None,
-            baseline=_round(b.baseline),
-            units=[(_round(h), _round(v)) for h, v in zip(b.horizontal, b.vertical, strict=True)],
+            maps=_describe(sets, len(sets) > 1 or sets[0].name != layer.name),
+            score=_round(float(np.mean(shares[:, 0] - shares[:, 1]))) if len(shares) else None,
+            horizontal=_round(float(shares[:, 0].mean())) if len(shares) else None,
+            vertical=_round(float(shares[:, 1].mean())) if len(shares) else None,
+            baseline=_round(float(np.mean(baselines))) if baselines else None,
+            units=units,
         )
         self._publish(layer, wv.BANDING, payload, method="banding", maps="nmf-rgb")
         return f"banding {payload.score}"
 
-    def _clusters(self, layer: Layer, uw: UnitWeights | None, reason: str) -> str:
-        why = reason
-        if uw is not None and uw.weight.shape[2] * uw.weight.shape[3] == 1:
-            why = "its kernels are 1x1: every unit has the same (one-position) shape"
-        if uw is None or why:
+    def _clusters(self, layer: Layer, sets: list[KernelSet], reason: str) -> str:
+        # Shapes are compared position by position: only kernels of one size group together
+        # (the commonest spatial size; an Inception module's 1x1 branches have no shape).
+        spatial = [k for k in sets if k.kernel[0] * k.kernel[1] > 1]
+        sizes = [k.kernel for k in spatial for _ in range(k.uw.weight.shape[0])]
+        if not spatial:
+            why = reason or "its kernels are 1x1: every unit has the same (one-position) shape"
             self._publish(layer, wv.CLUSTERS, wv.ClustersPayload(reason=why), method="kmeans")
             return ""
+        kernel = max(set(sizes), key=sizes.count)
+        chosen = [k for k in spatial if k.kernel == kernel]
+        index = np.concatenate([k.offset + np.arange(k.uw.weight.shape[0]) for k in chosen])
         try:
-            c = kmeans_groups(spatial_shapes(uw.weight))
+            c = kmeans_groups(np.concatenate([spatial_shapes(k.uw.weight) for k in chosen]))
         except ValueError as e:
             self._publish(layer, wv.CLUSTERS, wv.ClustersPayload(reason=str(e)), method="kmeans")
             return ""
         payload = wv.ClustersPayload(
-            kernel=(int(uw.weight.shape[2]), int(uw.weight.shape[3])),
+            kernel=kernel,
             k=c.k,
             silhouettes=[(k, _round(s)) for k, s in c.silhouettes.items()],
             groups=[
                 wv.Group(
-                    units=[int(u) for u in np.flatnonzero(c.labels == g)],
+                    units=[int(u) for u in index[c.labels == g]],
                     centroid=[_round(float(v)) for v in c.centroids[g]],
                 )
                 for g in range(c.k)
@@ -294,6 +337,36 @@ class StructureRun:
         )
         self._publish(layer, wv.SVD_PAIR, payload, method="svd-abs-sum", second=pair.second)
         return "first-pair SVD"
+
+
+@dataclass
+class KernelSet:
+    """Kernels of some of a layer's units that read one input space (and their maps)."""
+
+    name: str  # the layer, or the branch
+    offset: int  # the first unit's index in the layer
+    uw: UnitWeights
+    maps: np.ndarray | None  # (N, kh, kw, 3) NMF-RGB maps; None for 1x1 kernels
+
+    @property
+    def kernel(self) -> tuple[int, int]:
+        return int(self.uw.weight.shape[2]), int(self.uw.weight.shape[3])
+
+
+def _describe(sets: list[KernelSet], branched: bool) -> str:
+    """What the banding was measured on, e.g. "NMF-RGB maps, 3x3, expanded through ..."."""
+    if not branched:
+        k = sets[0]
+        through = f", expanded through {', '.join(k.uw.convs[1:])}" if k.uw.expanded else ""
+        return f"NMF-RGB maps, {k.kernel[0]}x{k.kernel[1]}{through}"
+    parts = [
+        f"{k.name} {k.kernel[0]}x{k.kernel[1]} ({k.uw.weight.shape[0]} units)"
+        for k in sets
+        if k.maps is not None
+    ]
+    flat = [k.name for k in sets if k.maps is None]
+    text = "NMF-RGB maps fitted per branch on each branch's own kernels: " + ", ".join(parts)
+    return text + (f"; {', '.join(flat)} are 1x1 and not counted" if flat else "")
 
 
 def _rounded(links: dict[str, list[tuple[int, float]]]) -> dict[str, list[tuple[int, float]]]:
