@@ -16,8 +16,6 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from scipy.stats import hypergeom
-
 from backend.errors import InvalidInput
 
 SET_KINDS = ("label", "family", "units", "property")
@@ -77,6 +75,9 @@ def specialization(
     branches: Sequence[tuple[str, int, int]], units: Iterable[int], total: int
 ) -> Specialization:
     """How ``units`` (indices into a layer of ``total`` units) fall across ``branches``."""
+    # scipy.stats takes seconds to import: only a branch question should pay for it.
+    from scipy.stats import hypergeom
+
     chosen = sorted({u for u in units if 0 <= u < total})
     n = len(chosen)
     counts = []

@@ -28,12 +28,14 @@ from contracts import weight_views as wv
 
 
 def _centroid_cells(centroid: list[float], kernel: tuple[int, int]) -> list[dict[str, Any]]:
-    """SVG squares of a group's mean shape, brightest where its units look hardest."""
+    """SVG squares of a group's mean shape, from black (its least used position) to white
+    (its most used): stretched, because unit-length shapes differ by little."""
     kh, kw = kernel
-    top = max(centroid, default=1.0) or 1.0
+    cells = centroid[: kh * kw]
+    lo, hi = min(cells, default=0.0), max(cells, default=1.0)
+    span = (hi - lo) or 1.0
     return [
-        {"x": i % kw, "y": i // kw, "o": round(max(v, 0.0) / top, 3)}
-        for i, v in enumerate(centroid[: kh * kw])
+        {"x": i % kw, "y": i // kw, "o": round((v - lo) / span, 3)} for i, v in enumerate(cells)
     ]
 
 

@@ -4,16 +4,11 @@ does not apply, and branch specialization of labelled, chosen and property sets.
 
 from __future__ import annotations
 
-import json
-
 import pytest
 from bs4 import BeautifulSoup
-from sqlalchemy import select
 
-from backend.db.models import Family, FamilyMember, Unit
 from backend.storage import make_store
-from contracts import weight_views as wv
-from tests.factories import make_artifact, make_layer, make_model
+from tests.weight_structure_data import plant_structure
 
 HTML = {"Accept": "text/html"}
 
@@ -23,72 +18,9 @@ def soup(r) -> BeautifulSoup:  # type: ignore[no-untyped-def]
     return BeautifulSoup(r.text, "html.parser")
 
 
-def put(session, store, m, layer, kind: str, payload: wv.BaseModel) -> None:  # type: ignore[no-untyped-def]
-    blob = json.dumps(payload.model_dump(mode="json")).encode()
-    make_artifact(session, store, m, layer, None, kind, blob, "json", "application/json", "")
-
-
 @pytest.fixture
 def planted(session, settings):  # type: ignore[no-untyped-def]
-    """A model with a stem (8 units), a branched layer (480 units, as inception3b) and a
-    linear head; circuits, banding, groups, properties and branches stored for them."""
-    store = make_store(settings)
-    m = make_model(session, "gnet")
-    stem = make_layer(session, m, "conv1", units=8, order=0)
-    mixed = make_layer(session, m, "inception3b", units=480, order=1)
-    head = make_layer(session, m, "fc", units=10, order=2)
-    head.kind = "linear"
-    # Unit 3 of the stem has a thumbnail; its circuit runs into inception3b.
-    make_artifact(session, store, m, mixed, 340, "weights_nmf", b"png", "png", "image/png", "rgb")
-    mixed_links = [wv.UnitLinks() for _ in range(480)]
-    mixed_links[340] = wv.UnitLinks(
-        inputs=wv.Links(positive=[(3, 0.5), (1, 0.25)], negative=[(6, -0.4)])
-    )
-    put(session, store, m, mixed, wv.CIRCUITS, wv.CircuitsPayload(
-        inputs=wv.CircuitPath(layer="conv1", method="expanded", convs=["a", "b", "c"]),
-        units=mixed_links,
-    ))
-    stem_links = [wv.UnitLinks() for _ in range(8)]
-    stem_links[3] = wv.UnitLinks(outputs=wv.Links(positive=[(340, 0.5)]))
-    put(session, store, m, stem, wv.CIRCUITS, wv.CircuitsPayload(
-        outputs=wv.CircuitPath(layer="inception3b", method="weights", convs=["mixed.conv"]),
-        units=stem_links,
-    ))
-    put(session, store, m, mixed, wv.BANDING, wv.BandingPayload(
-        maps="NMF-RGB maps, 3x3", score=0.42, horizontal=0.6, vertical=0.18, baseline=0.25,
-        units=[(0.6, 0.18)] * 480,
-    ))
-    put(session, store, m, stem, wv.BANDING, wv.BandingPayload(
-        reason="its units come from 1x1 convolutions with no spatial convolution before them"
-    ))
-    put(session, store, m, mixed, wv.CLUSTERS, wv.ClustersPayload(
-        kernel=(3, 3), k=2, silhouettes=[(2, 0.5)],
-        groups=[wv.Group(units=list(range(300)), centroid=[0, 0, 0, 1, 1, 1, 0, 0, 0]),
-                wv.Group(units=list(range(300, 480)), centroid=[0, 1, 0] * 3)],
-    ))
-    colour = [0.0] * 480
-    for u in range(320, 440):
-        colour[u] = 1.0  # the top quarter (120 units) of colour: 96 in "5x5", 24 in "pool"
-    put(session, store, m, mixed, wv.PROPERTIES, wv.PropertiesPayload(
-        first_layer="conv1.conv", carried=True, colour=colour, frequency=[0.1] * 480
-    ))
-    put(session, store, m, mixed, wv.BRANCHES, wv.BranchesPayload(
-        source="concatenation",
-        branches=[wv.BranchOut(name=n, start=a, stop=b) for n, a, b in (
-            ("branch1", 0, 128), ("branch2", 128, 320), ("branch3", 320, 416),
-            ("branch4", 416, 480))],
-    ))
-    # 30 "curve" units, all in branch3 (the article's 5x5 branch); one unrelated label.
-    units = {u.index: u for u in session.scalars(select(Unit).where(Unit.layer_id == mixed.id))}
-    for i in range(330, 360):
-        units[i].label = "curve" if i % 2 else "Curve detector"
-    units[5].label = "curvey"
-    fam = Family(slug="curves", name="Curves")
-    session.add(fam)
-    session.flush()
-    session.add_all([FamilyMember(family_id=fam.id, unit_id=units[i].id) for i in (330, 331)])
-    session.commit()
-    return m
+    return plant_structure(session, make_store(settings))
 
 
 def test_unit_page_walks_a_circuit_down_and_back_up(client, planted) -> None:
@@ -125,7 +57,8 @@ def test_layer_page_shows_banding_groups_and_why_a_grid_is_empty(client, planted
     groups = page.select(".wgroup")
     assert [g.select_one(".wgroup-n").text for g in groups] == ["300 units", "180 units"]
     cells = groups[0].select(".centroid rect")
-    assert [c["fill-opacity"] for c in cells][3:6] == ["1.0", "1.0", "1.0"]
+    # A horizontal band through the middle: black above and below, white along it.
+    assert [c["fill-opacity"] for c in cells] == ["0.0"] * 3 + ["1.0"] * 3 + ["0.0"] * 3
     assert len(groups[0].select(".wgroup-units a")) == 12  # the first dozen, then a count
     assert "+288" in groups[0].select_one(".wgroup-units").text
     # A 1x1 layer: the grid's empty boxes come with the reason.
@@ -182,3 +115,14 @@ def test_api_serves_each_view_and_says_why_or_not_yet(client, planted) -> None:
     assert client.get("/api/v1/models/gnet/layers/conv1/branches?set=label&q=x").status_code == 422
     # The catalog's own layer routes are untouched.
     assert client.get(base).json()["name"] == "inception3b"
+
+
+def test_first_layer_page_places_its_units_by_the_next_layers_weights(client, planted) -> None:
+    page = soup(client.get("/models/gnet/conv1?view=weights", headers=HTML))
+    pair = page.select_one(".svd-pair")
+    images = pair.select("svg a image")
+    assert len(images) == 8 and all(i["href"].startswith("/objects/") for i in images)
+    # Unit 7: the largest first coordinate (right edge), second 0.2 of 0.4 (mid-height).
+    seven = pair.select_one("a[href='/models/gnet/conv1/7?view=weights'] image")
+    assert (seven["x"], seven["y"]) == ("333.0", "171.0")
+    assert "60%" in pair.figcaption.text and "15%" in pair.figcaption.text
