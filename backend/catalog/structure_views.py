@@ -24,6 +24,7 @@ from backend.db.models import Layer, Model
 from backend.errors import MicroscopeError
 from backend.families.service import list_families
 from backend.storage import ObjectStore
+from backend.templating import is_htmx
 from contracts import weight_views as wv
 
 
@@ -102,6 +103,8 @@ def structure_context(
     """The layer page's structure sections (the weights view) and branch form (any view)."""
     store: ObjectStore = request.app.state.store
     out: dict[str, Any] = {"structure": None, "branch_form": None}
+    if is_htmx(request):
+        return out  # a page of the grid alone: none of this is drawn
     if view == "weights":
         out["structure"] = weights_sections(session, store, model, layer)
     branches, source = layer_branches(session, store, layer)
