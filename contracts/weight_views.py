@@ -21,7 +21,9 @@ BRANCHES = "weights_branches"
 SVD_PAIR = "weights_svd_pair"
 
 
-class _Payload(BaseModel):
+class Payload(BaseModel):
+    """Every structure view: its fields, or why it is empty."""
+
     model_config = ConfigDict(extra="forbid")
     reason: str | None = None  # why the view is empty, when it is
 
@@ -47,13 +49,13 @@ class CircuitPath(BaseModel):
     reason: str | None = None  # why there are no links this way (then units carry none)
 
 
-class CircuitsPayload(_Payload):
+class CircuitsPayload(Payload):
     inputs: CircuitPath | None = None
     outputs: CircuitPath | None = None
     units: list[UnitLinks] = []
 
 
-class BandingPayload(_Payload):
+class BandingPayload(Payload):
     maps: str = ""  # what was measured, e.g. "NMF-RGB maps, 3x3"
     score: float | None = None  # mean over units of horizontal minus vertical share
     horizontal: float | None = None  # mean share of structure in horizontal bands
@@ -68,14 +70,14 @@ class Group(BaseModel):
     centroid: list[float]  # kh*kw unit-length spatial shape, row by row
 
 
-class ClustersPayload(_Payload):
+class ClustersPayload(Payload):
     kernel: tuple[int, int] | None = None
     k: int | None = None
     silhouettes: list[tuple[int, float]] = []  # (k, silhouette) for every k tried
     groups: list[Group] = []  # largest first
 
 
-class PropertiesPayload(_Payload):
+class PropertiesPayload(Payload):
     first_layer: str = ""  # the layer whose kernels read the image
     carried: bool = False  # read through the linearised path from the first layer
     colour: list[float | None] = []  # per unit: share off the grey axis, 0..1
@@ -89,12 +91,12 @@ class BranchOut(BaseModel):
     convs: str = ""
 
 
-class BranchesPayload(_Payload):
+class BranchesPayload(Payload):
     source: Literal["concatenation", "groups", "none"] = "none"
     branches: list[BranchOut] = []
 
 
-class SvdPairPayload(_Payload):
+class SvdPairPayload(Payload):
     first: str = ""  # the first convolution (its units are placed)
     second: list[str] = []  # the convolution(s) reading them
     units: list[tuple[float, float]] = []  # each first-layer unit's two coordinates
@@ -102,7 +104,7 @@ class SvdPairPayload(_Payload):
     singular_values: list[float] = []
 
 
-PAYLOADS: dict[str, type[_Payload]] = {
+PAYLOADS: dict[str, type[Payload]] = {
     CIRCUITS: CircuitsPayload,
     BANDING: BandingPayload,
     CLUSTERS: ClustersPayload,

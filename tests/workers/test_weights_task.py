@@ -10,6 +10,7 @@ from bs4 import BeautifulSoup
 from PIL import Image
 from sqlalchemy import select
 
+from backend.catalog.service import add_model
 from backend.db.models import Artifact, Dataset, Job, Layer, Model
 from backend.db.session import session_scope
 from backend.precompute import queue_precompute, request_weight_views
@@ -176,3 +177,26 @@ def test_structure_views_come_with_the_weight_views(client, weights_done) -> Non
     back = BeautifulSoup(client.get(link["href"], headers=HTML).text, "html.parser")
     outs = back.select(".circuit-side[data-side=outputs] .circuit-links a")
     assert outs and all(a["href"].startswith(f"/models/{SLUG}/blocks.3/") for a in outs)
+
+
+def test_a_vits_mlp_layers_get_reasons_not_errors(settings, client) -> None:
+    with session_scope(settings.database_url) as s:
+        m, job = add_model(s, "timm:test_vit")
+        s.info.clear()
+        mid, job_id = m.id, job.id
+    assert run_job(job_id, register) == "succeeded"
+    with session_scope(settings.database_url) as s:
+        wjob = request_weight_views(s, s.get(Model, mid))
+        s.info.clear()
+        wjob_id = wjob.id
+    assert run_job(wjob_id, weight_views) == "succeeded"
+    with session_scope(settings.database_url) as s:
+        layer = s.scalar(select(Layer).where(Layer.model_id == mid, Layer.is_default.is_(True)))
+        slug, name = s.get(Model, mid).slug, layer.name
+    api = f"/api/v1/models/{slug}/layers/{name}"
+    assert "feature map" in client.get(f"{api}/circuits").json()["reason"]
+    assert "outputs its units" in client.get(f"{api}/banding").json()["reason"]
+    page = BeautifulSoup(
+        client.get(f"/models/{slug}/{name}?view=weights", headers=HTML).text, "html.parser"
+    )
+    assert "transformer MLP" in page.select_one(".structure-none").text

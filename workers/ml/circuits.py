@@ -193,6 +193,8 @@ def path_weights(
     layer also adds what came before the source, that part is the same for every probe and
     cancels; where it concatenates it, the batch sizes differ and NoCircuit says so.
     """
+    if not targets:
+        return {}
     n = source_channels
     probe = torch.cat([torch.zeros(1, n), torch.eye(n)])[:, :, None, None]  # (n+1, n, 1, 1)
     param = next(model.parameters())
@@ -227,7 +229,9 @@ def path_weights(
                 model(x)
             except StopForward:
                 pass
-            except RuntimeError as e:  # shapes that do not meet: not a cut of the network
+            except (RuntimeError, AssertionError, ValueError) as e:
+                # Shapes that do not meet (not a cut of the network), or a model that checks
+                # its input's size (a ViT): no linear path to read this way.
                 raise NoCircuit(f"the path from {source} is not a chain of layers ({e})") from e
     finally:
         for h in handles:

@@ -115,7 +115,7 @@ class StructureRun:
         return self._concats
 
     # publishing
-    def _publish(self, layer: Layer | None, kind: str, payload: wv._Payload, **params: Any) -> None:
+    def _publish(self, layer: Layer | None, kind: str, payload: wv.Payload, **params: Any) -> None:
         publish_json(
             self.session,
             self.store,
