@@ -18,6 +18,7 @@ from backend import objects
 from backend.catalog import actions as catalog_actions
 from backend.catalog import api as catalog_api
 from backend.catalog import pages as catalog_pages
+from backend.catalog import weights_api
 from backend.config import Settings, get_settings
 from backend.datasets import api as datasets_api
 from backend.db.version import read_version
@@ -141,6 +142,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return _error(request, 422, "invalid_input", detail)
 
     app.mount("/static", StaticFiles(directory=FRONTEND / "static"), name="static")
+    app.include_router(weights_api.router)  # before catalog_api: its {layer:path} is greedy
     app.include_router(catalog_api.router)
     app.include_router(datasets_api.router)
     app.include_router(jobs_api.router)

@@ -15,6 +15,7 @@ from backend.catalog.branches import branch_bands, branch_shares, group_units
 from backend.catalog.facets import list_facets
 from backend.catalog.repository import CatalogRepository
 from backend.catalog.schemas import LayerOut
+from backend.catalog.structure_views import structure_context
 from backend.datasets.service import list_datasets
 from backend.db.models import Model
 from backend.deps import SessionDep, is_admin
@@ -164,4 +165,5 @@ def layer_page(
         "view": view,
     }
     name = "_unit_grid.html" if is_htmx(request) else "layer.html"
+    ctx.update(structure_context(request, session, m, lyr, view))
     return templates.TemplateResponse(request, name, ctx)

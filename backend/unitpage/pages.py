@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 
 from backend.catalog import service
 from backend.catalog.facets import list_facets
+from backend.catalog.structure import circuits_view
 from backend.catalog.views import (
     VIEW_TITLES,
     examples_view,
@@ -76,8 +77,10 @@ def unit_context(
         found = JobRepository(session).get(job_id)
         job = job_out(found) if found is not None else None
     examples = text = weights = None
+    circuits = None
     if active == "weights":
         weights = weights_view(request.app.state.store, views["weights"], unit, v.out.url)
+        circuits = circuits_view(session, request.app.state.store, v.model, v.layer, unit)
     if active == "examples":
         examples = examples_view(session, request.app.state.store, views["examples"])
     if active == "text":
@@ -93,6 +96,7 @@ def unit_context(
         "examples": examples,
         "text": text,
         "weights": weights,
+        "circuits": circuits,
         "heatmap": request.query_params.get("heatmap") == "1",
         "families": unit_families(session, v.unit),
         "all_families": list_families(session) if admin else [],

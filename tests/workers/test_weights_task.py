@@ -10,6 +10,7 @@ from bs4 import BeautifulSoup
 from PIL import Image
 from sqlalchemy import select
 
+from backend.catalog.service import add_model
 from backend.db.models import Artifact, Dataset, Job, Layer, Model
 from backend.db.session import session_scope
 from backend.precompute import queue_precompute, request_weight_views
@@ -80,9 +81,15 @@ def test_every_unit_of_a_conv_layer_gets_an_nmf_image_and_svd_coordinates(
             assert list(colours) == ["red", "green", "blue"]
             names = {t["name"] for tops in colours.values() for t in tops}
             assert names <= {"R", "G", "B"} if name == "conv_stem" else names.isdisjoint("RGB")
-        head = s.scalars(select(Artifact).where(Artifact.layer_id == weights_done["conv_head"]))
+        # The kernel views (structure views beside them are tested in test_weight_structure_task).
+        views = Artifact.kind.in_(("weights_nmf", "weights_svd"))
+        head = s.scalars(
+            select(Artifact).where(Artifact.layer_id == weights_done["conv_head"], views)
+        )
         assert [a.kind for a in head] == ["weights_svd"]
-        blocks3 = s.scalars(select(Artifact).where(Artifact.layer_id == weights_done["blocks.3"]))
+        blocks3 = s.scalars(
+            select(Artifact).where(Artifact.layer_id == weights_done["blocks.3"], views)
+        )
         # Expanded through the 1x1 projection, past the squeeze-excite gate.
         assert next(iter(blocks3)).provenance["params"]["convs"] == [
             "blocks.3.0.conv_dw",
@@ -138,3 +145,58 @@ def test_weight_views_api_checks_layers_and_queues_a_job(client, admin, weights_
     assert r.status_code == 202
     job = r.json()
     assert job["kind"] == "weight_views" and job["state"] == "queued"
+
+
+def test_structure_views_come_with_the_weight_views(client, weights_done) -> None:
+    api = f"/api/v1/models/{SLUG}/layers"
+    circuits = client.get(f"{api}/blocks.3/circuits").json()
+    assert circuits["inputs"]["layer"] == "blocks.2" and circuits["inputs"]["method"] == "expanded"
+    assert circuits["outputs"]["layer"] == "blocks.4" and len(circuits["units"]) == 48
+    stem = client.get(f"{api}/conv_stem/circuits?unit=0").json()
+    assert stem["inputs"] is None and stem["outputs"]["layer"] == "blocks.0"
+    assert stem["unit"]["outputs"]["positive"]
+    band = client.get(f"{api}/blocks.3/banding").json()
+    assert -1 <= band["score"] <= 1 and band["maps"].startswith("NMF-RGB maps, 3x3, expanded")
+    assert "1x1 convolutions" in client.get(f"{api}/conv_head/banding").json()["reason"]
+    assert 4 <= client.get(f"{api}/blocks.3/clusters").json()["k"] <= 19
+    pair = client.get(f"{api}/conv_stem/svd-pair").json()
+    assert len(pair["units"]) == 24 and len(pair["explained"]) == 2
+    colour = client.get(f"{api}/blocks.3/properties").json()["colour"]
+    assert len(colour) == 48 and all(0 <= c <= 1 for c in colour)
+    # The layer page of a 1x1 layer says why its grid has no images.
+    head = BeautifulSoup(
+        client.get(f"/models/{SLUG}/conv_head?view=weights", headers=HTML).text, "html.parser"
+    )
+    assert "1x1 convolutions" in head.select_one(".banding .nmf-none").text
+    # From a unit to its strongest input, whose page lists its outputs into this layer.
+    page = BeautifulSoup(
+        client.get(f"/models/{SLUG}/blocks.3/5?view=weights", headers=HTML).text, "html.parser"
+    )
+    link = page.select_one(".circuit-side[data-side=inputs] .circuit-links a")
+    assert link["href"].startswith(f"/models/{SLUG}/blocks.2/")
+    back = BeautifulSoup(client.get(link["href"], headers=HTML).text, "html.parser")
+    outs = back.select(".circuit-side[data-side=outputs] .circuit-links a")
+    assert outs and all(a["href"].startswith(f"/models/{SLUG}/blocks.3/") for a in outs)
+
+
+def test_a_vits_mlp_layers_get_reasons_not_errors(settings, client) -> None:
+    with session_scope(settings.database_url) as s:
+        m, job = add_model(s, "timm:test_vit")
+        s.info.clear()
+        mid, job_id = m.id, job.id
+    assert run_job(job_id, register) == "succeeded"
+    with session_scope(settings.database_url) as s:
+        wjob = request_weight_views(s, s.get(Model, mid))
+        s.info.clear()
+        wjob_id = wjob.id
+    assert run_job(wjob_id, weight_views) == "succeeded"
+    with session_scope(settings.database_url) as s:
+        layer = s.scalar(select(Layer).where(Layer.model_id == mid, Layer.is_default.is_(True)))
+        slug, name = s.get(Model, mid).slug, layer.name
+    api = f"/api/v1/models/{slug}/layers/{name}"
+    assert "feature map" in client.get(f"{api}/circuits").json()["reason"]
+    assert "outputs its units" in client.get(f"{api}/banding").json()["reason"]
+    page = BeautifulSoup(
+        client.get(f"/models/{slug}/{name}?view=weights", headers=HTML).text, "html.parser"
+    )
+    assert "transformer MLP" in page.select_one(".structure-none").text

@@ -25,8 +25,9 @@ from contracts.artifacts import FactorInput, WeightsFactors, WeightsSvd
 from workers.ml.hooks import capture
 
 # Path segments of modules whose convolutions do not produce a block's units: the residual
-# shortcut and squeeze-excite / attention gates.
-_SIDE_PATHS = {"downsample", "shortcut", "skip", "conv_skip", "se", "attn", "attention", "gate"}
+# shortcut and squeeze-excite / attention gates (whose output scales, never adds).
+GATE_PATHS = {"se", "attn", "attention", "gate"}
+_SIDE_PATHS = {"downsample", "shortcut", "skip", "conv_skip"} | GATE_PATHS
 
 
 class NoWeights(Exception):  # noqa: N818 - a reason, reported in the job's result
@@ -126,6 +127,23 @@ def _is_1x1(conv: nn.Conv2d) -> bool:
     return tuple(conv.kernel_size) == (1, 1)
 
 
+def expand(model: nn.Module, chain: Sequence[str]) -> torch.Tensor:
+    """The kernel of a chain of convolutions, a spatial one then 1x1s, each feeding the next:
+    (C_out of the last, C_in of the first, kh, kw), BatchNorm scales folded in."""
+    # Multiply through from the producer back: (C_out, C_h) matrices, then the spatial kernel.
+    mat = None
+    for path in reversed(chain[1:]):
+        m = _dense(_conv(model, path), _scaled(model, path))[:, :, 0, 0]  # (C_h', C_h)
+        mat = m if mat is None else mat @ m
+    first_conv = _conv(model, chain[0])
+    w0 = _scaled(model, chain[0])  # (C_h, C_in/groups, kh, kw)
+    if mat is None:
+        return _dense(first_conv, w0)
+    if _is_depthwise(first_conv):
+        return mat[:, :, None, None] * w0[:, 0][None]  # (C_out, C_h, kh, kw)
+    return torch.einsum("oh,hikl->oikl", mat, _dense(first_conv, w0))
+
+
 def unit_weights(
     model: nn.Module, module_path: str, unit_count: int, order: Sequence[ConvCall]
 ) -> UnitWeights:
@@ -160,19 +178,8 @@ def unit_weights(
                 break
         if _is_1x1(convs[chain[0]]):
             chain = chain[-1:]  # no spatial kernel: the producing conv alone (SVD only)
-    # Multiply through from the producer back: (C_out, C_h) matrices, then the spatial kernel.
-    mat = None
-    for path in reversed(chain[1:]):
-        m = _dense(convs[path], _scaled(model, path))[:, :, 0, 0]  # (C_h', C_h)
-        mat = m if mat is None else mat @ m
+    weight = expand(model, chain)
     first_conv = convs[chain[0]]
-    w0 = _scaled(model, chain[0])  # (C_h, C_in/groups, kh, kw)
-    if mat is None:
-        weight = _dense(first_conv, w0)
-    elif _is_depthwise(first_conv):
-        weight = mat[:, :, None, None] * w0[:, 0][None]  # (C_out, C_h, kh, kw)
-    else:
-        weight = torch.einsum("oh,hikl->oikl", mat, _dense(first_conv, w0))
     if not torch.any(weight):
         raise NoWeights("its weights are all zero (a zero-initialised BatchNorm scale)")
     inputs = f"input channels of {chain[0]}"
@@ -309,3 +316,31 @@ def colour_share(unit_map: np.ndarray) -> list[float]:
     """How much of a unit's (kh, kw, 3) NMF map each colour carries."""
     strength = unit_map.reshape(-1, unit_map.shape[-1]).sum(axis=0)  # (3,)
     return [round(float(v), 4) for v in strength / (strength.sum() or 1)]
+
+
+@dataclass
+class FirstPair:
+    """The weights from the first convolution's units into the convolution that mixes them."""
+
+    first: str  # the first convolution: its output channels are the units placed
+    second: list[str]  # the convolution(s) reading them, expanded when the first is depthwise
+    weight: np.ndarray  # (C_second, C_first, kh, kw), BatchNorm scales folded in
+
+
+def first_pair(model: nn.Module, order: Sequence[ConvCall]) -> FirstPair:
+    """The first two convolution layers as the Weight Banding article's SVD reads them; a
+    depthwise second convolution mixes nothing, so it is expanded through the 1x1 after it."""
+    convs = [c.path for c in order if not GATE_PATHS & set(c.path.split("."))]
+    if len(convs) < 2:
+        raise NoWeights("the model has fewer than two convolutions")
+    first = _conv(model, convs[0])
+    second = _conv(model, convs[1])
+    if second.in_channels != first.out_channels:
+        raise NoWeights(f"{convs[1]} does not read the {first.out_channels} units of {convs[0]}")
+    chain = convs[1:2]
+    if _is_depthwise(second):
+        after = _conv(model, convs[2]) if len(convs) > 2 else None
+        if after is None or not _is_1x1(after) or after.in_channels != second.out_channels:
+            raise NoWeights(f"{convs[1]} is depthwise and no 1x1 convolution mixes its output")
+        chain = convs[1:3]
+    return FirstPair(convs[0], chain, expand(model, chain).numpy().astype(np.float32))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from pydantic import BaseModel
 from sqlalchemy import delete
 from sqlalchemy.orm import Session
 
@@ -11,7 +12,6 @@ from backend import __version__
 from backend.db.base import utcnow
 from backend.db.models import ARTIFACT_KINDS, Artifact, Layer, Model
 from backend.storage import ObjectStore, artifact_key, params_hash
-from contracts.artifacts import JsonModel
 
 
 def publish(
@@ -69,9 +69,10 @@ def publish(
 
 
 def publish_json(
-    session: Session, store: ObjectStore, payload: JsonModel, **fields: Any
+    session: Session, store: ObjectStore, payload: BaseModel, **fields: Any
 ) -> Artifact:
-    """``payload`` (one of ``contracts.artifacts``' models, the shape pages read) as a JSON
+    """``payload`` (one of the models in ``contracts.artifacts`` or ``contracts.weight_views``: the
+    shape pages read) as a JSON
     artifact; ``fields`` are publish's (model, layer, unit, kind, variant, params, meta)."""
     return publish(
         session,

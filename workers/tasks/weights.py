@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from functools import partial
 
+import numpy as np
 from sqlalchemy import delete, or_, select
 from sqlalchemy.orm import Session
 
@@ -12,11 +13,10 @@ from backend.db.models import Artifact, Job, Layer, Model
 from backend.storage import ObjectStore, make_store
 from contracts.jobs import TASK_WEIGHT_VIEWS, WeightViewsParams
 from workers.ml.images import png_bytes
-from workers.ml.models import LoadedModel
 from workers.ml.weights import (
     COLOURS,
-    ConvCall,
     NoWeights,
+    UnitWeights,
     colour_share,
     conv_order,
     explained,
@@ -30,6 +30,7 @@ from workers.ml.weights import (
 from workers.tasks.artifacts import publish, publish_json
 from workers.tasks.jobrun import Progress, job_task, params_of
 from workers.tasks.runtime import cached_model, device, ready_model
+from workers.tasks.weight_structure import StructureRun, circuit_chain
 
 WEIGHTS_VERSION = 1
 NMF_COMPONENTS = len(COLOURS)
@@ -48,15 +49,10 @@ def weight_layers(session: Session, model: Model, names: list[str] | str) -> lis
 
 
 def _publish_layer(
-    session: Session,
-    store: ObjectStore,
-    model: Model,
-    layer: Layer,
-    loaded: LoadedModel,
-    order: list[ConvCall],
-) -> str:
-    """One layer's weight views; returns what was published (or raises NoWeights)."""
-    uw = unit_weights(loaded.image_model, layer.module_path, layer.unit_count, order)
+    session: Session, store: ObjectStore, model: Model, layer: Layer, uw: UnitWeights
+) -> tuple[str, np.ndarray | None]:
+    """One layer's weight views of its kernels ``uw``; returns what was published and the
+    units' NMF-RGB maps (None for 1x1 kernels)."""
     c_out, _, kh, kw = uw.weight.shape
     base = {"convs": uw.convs, "version": WEIGHTS_VERSION}
     put = partial(publish, session, store, model=model, layer=layer)
@@ -87,7 +83,7 @@ def _publish_layer(
         done.append("SVD")
     if kh * kw == 1:
         done.append("no NMF-RGB: 1x1 kernels and no spatial convolution feeds them")
-        return "; ".join(done)
+        return "; ".join(done), None
     nmf = nmf_rgb(uw.weight, NMF_COMPONENTS)
     params = {**base, "method": "nmf-rgb", "components": NMF_COMPONENTS, "size": NMF_PNG_SIZE}
     factors = factors_artifact(uw, nmf)
@@ -115,11 +111,12 @@ def _publish_layer(
             meta={"kernel": [kh, kw], "colour_share": colour_share(nmf.maps[u])},
         )
     done.append(f"NMF-RGB of {c_out} units")
-    return "; ".join(done)
+    return "; ".join(done), nmf.maps
 
 
 def weight_views(session: Session, job: Job, progress: Progress) -> str:
-    """NMF-RGB images and SVD placements for the job's layers (no images needed)."""
+    """NMF-RGB images, SVD placements and structure views (circuits, banding, groups,
+    properties, branches) for the job's layers (no images needed)."""
     p = params_of(job, WeightViewsParams)
     model = ready_model(session, p.model_id)
     layers = weight_layers(session, model, p.layers)
@@ -129,15 +126,29 @@ def weight_views(session: Session, job: Job, progress: Progress) -> str:
     session.commit()
     loaded = cached_model(model.spec, device())
     order = conv_order(loaded.image_model, int(loaded.preprocess.input_size))
+    structure = StructureRun(
+        session,
+        store,
+        model,
+        loaded.image_model,
+        order,
+        circuit_chain(weight_layers(session, model, "default")),
+        layers,
+    )
     results = []
     for i, layer in enumerate(layers):
         progress(i, len(layers), f"{layer.name}: weight views")
+        uw, maps, reason = None, None, ""
         try:
-            results.append(
-                f"{layer.name}: {_publish_layer(session, store, model, layer, loaded, order)}"
-            )
+            uw = unit_weights(loaded.image_model, layer.module_path, layer.unit_count, order)
+            done, maps = _publish_layer(session, store, model, layer, uw)
+            results.append(f"{layer.name}: {done}")
         except NoWeights as e:
+            reason = str(e)
             results.append(f"{layer.name}: skipped ({e})")
+        more = structure.publish_layer(layer, uw, maps, reason)
+        if more:
+            results[-1] += f"; {more}"
         session.commit()  # layer by layer: a lost worker loses one layer
     return " | ".join(results)
 
