@@ -12,6 +12,7 @@ from backend.catalog.repository import CatalogRepository
 from backend.catalog.schemas import LayerOut, ModelCreate, ModelOut, Page, UnitOut
 from backend.deps import AdminDep, SessionDep
 from backend.jobs.schemas import job_out
+from backend.limits import Offset
 from backend.precompute import request_weight_views
 
 router = APIRouter(prefix=urls.API, tags=["models"])
@@ -68,7 +69,7 @@ def list_units(
     model: str,
     layer: str,
     session: SessionDep,
-    offset: int = Query(0, ge=0),
+    offset: Offset = 0,
     limit: int = Query(100, ge=1, le=1000),
 ) -> Page[dict[str, Any]]:
     """A page of the layer's units."""

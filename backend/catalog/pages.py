@@ -26,6 +26,7 @@ from backend.deps import SessionDep, is_admin
 from backend.families.service import list_families, unit_families
 from backend.jobs.repository import JobRepository
 from backend.jobs.schemas import job_out
+from backend.limits import FollowedJob, Offset
 from backend.templating import is_htmx, templates
 from contracts.jobs import JobState
 
@@ -51,7 +52,7 @@ def model_page(
     model: str,
     session: SessionDep,
     all: bool = Query(False),
-    job_id: int | None = Query(None, alias="job", description="a job to follow live"),
+    job_id: FollowedJob = None,
 ) -> HTMLResponse:
     m = service.get_model(session, model)
     return templates.TemplateResponse(
@@ -151,7 +152,7 @@ def unit_page(
     unit: int,
     session: SessionDep,
     view: str | None = Query(None, description="which tab opens"),
-    job_id: int | None = Query(None, alias="job", description="a job to follow live"),
+    job_id: FollowedJob = None,
 ) -> HTMLResponse:
     ctx = unit_context(request, session, model, layer, unit, view=view, job_id=job_id)
     return templates.TemplateResponse(request, "unit.html", ctx)
@@ -223,7 +224,7 @@ def layer_page(
     model: str,
     layer: str,
     session: SessionDep,
-    offset: int = Query(0, ge=0),
+    offset: Offset = 0,
     view: str = Query("auto", pattern="^(auto|featvis|examples|weights|label)$"),
 ) -> HTMLResponse:
     m = service.get_model(session, model)

@@ -8,6 +8,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from backend.db.models import Artifact, Layer, Model, Unit
+from backend.limits import storable_index
 
 
 class CatalogRepository:
@@ -87,6 +88,8 @@ class CatalogRepository:
         ).all()
 
     def get_unit(self, layer_id: int, index: int) -> Unit | None:
+        if not storable_index(index):
+            return None
         return self.session.scalar(
             select(Unit).where(Unit.layer_id == layer_id, Unit.index == index)
         )

@@ -11,6 +11,7 @@ from backend.errors import NotFoundError
 from backend.jobs.repository import JobRepository
 from backend.jobs.schemas import JobOut, job_out
 from backend.jobs.service import retry_job
+from backend.limits import Offset
 from contracts.jobs import TASKS
 
 router = APIRouter(prefix=urls.API, tags=["jobs"])
@@ -20,7 +21,7 @@ router = APIRouter(prefix=urls.API, tags=["jobs"])
 def list_jobs(
     session: SessionDep,
     state: str | None = Query(None, description="queued, running, succeeded, failed"),
-    offset: int = Query(0, ge=0),
+    offset: Offset = 0,
     limit: int = Query(50, ge=1, le=500),
 ) -> Page[JobOut]:
     """Jobs, newest first."""
