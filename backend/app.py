@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.responses import HTMLResponse, Response
 from fastapi.staticfiles import StaticFiles
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.pool import StaticPool
@@ -24,33 +24,20 @@ from backend.db.version import read_version
 from backend.deps import admin_token
 from backend.errors import MicroscopeError
 from backend.etag import ETagMiddleware
+from backend.failures import add_failure_handlers, error_response
 from backend.families import api as families_api
 from backend.families import pages as families_pages
 from backend.jobs import api as jobs_api
 from backend.jobs import pages as jobs_pages
 from backend.pagecache import PageCache
 from backend.storage import make_store
-from backend.templating import FRONTEND, templates
+from backend.templating import FRONTEND
 
 DESCRIPTION = """
 Browse the units of vision models: dataset examples, feature visualizations, text views.
 Reads are open; writes need the admin token as `Authorization: Bearer <token>`.
 Errors are JSON objects `{"error": code, "detail": message, "status": http_status}`.
 """
-
-
-def _wants_json(request: Request) -> bool:
-    return request.url.path.startswith("/api/") or "text/html" not in request.headers.get(
-        "accept", ""
-    )
-
-
-def _error(request: Request, status: int, code: str, detail: str) -> Response:
-    if _wants_json(request):
-        return JSONResponse({"error": code, "detail": detail, "status": status}, status)
-    return templates.TemplateResponse(
-        request, "error.html", {"status": status, "detail": detail}, status_code=status
-    )
 
 
 def _version_engine(url: str) -> Engine:
@@ -120,21 +107,23 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         allow_headers=["*"],
     )
 
+    add_failure_handlers(app)
+
     @app.exception_handler(MicroscopeError)
     async def _domain_error(request: Request, exc: MicroscopeError) -> Response:
-        return _error(request, exc.status, exc.code, str(exc))
+        return error_response(request, exc.status, exc.code, str(exc))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
         code = "not_found" if exc.status_code == 404 else "http_error"
-        return _error(request, exc.status_code, code, str(exc.detail))
+        return error_response(request, exc.status_code, code, str(exc.detail))
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> Response:
         detail = "; ".join(
             f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
         )
-        return _error(request, 422, "invalid_input", detail)
+        return error_response(request, 422, "invalid_input", detail)
 
     app.mount("/static", StaticFiles(directory=FRONTEND / "static"), name="static")
     app.include_router(catalog_api.router)

@@ -37,11 +37,16 @@ def get_db(request: Request) -> Iterator[Session]:
         session.close()
 
 
+# scope="function": the transaction commits when the handler returns, before the response is
+# sent, so a commit that fails answers an error instead of the 200 already on its way (the
+# default "request" scope ran the commit after the response went out).
 # At most POOL_CAPACITY requests hold a session at once. Without the limit, 64 concurrent JSON
 # requests deadlock: FastAPI serializes a sync handler's response in the shared threadpool
 # while the request still holds its pooled connection, and every thread ends up waiting on
 # the pool (measured by benchmarks/server.py; the limit waits without using a thread).
-SessionDep = Annotated[Session, Depends(get_db, max_concurrency=POOL_CAPACITY)]
+SessionDep = Annotated[
+    Session, Depends(get_db, scope="function", max_concurrency=POOL_CAPACITY)
+]
 
 
 def admin_token(settings: Settings) -> str:
