@@ -15,13 +15,14 @@ from sqlalchemy.pool import StaticPool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from backend import objects
+from backend.auth import AdminAuth
+from backend.auth import router as auth_router
 from backend.catalog import actions as catalog_actions
 from backend.catalog import api as catalog_api
 from backend.catalog import pages as catalog_pages
 from backend.config import Settings, get_settings
 from backend.datasets import api as datasets_api
 from backend.db.version import read_version
-from backend.deps import admin_token
 from backend.errors import MicroscopeError
 from backend.etag import ETagMiddleware
 from backend.failures import add_failure_handlers, error_response
@@ -29,6 +30,7 @@ from backend.families import api as families_api
 from backend.families import pages as families_pages
 from backend.jobs import api as jobs_api
 from backend.jobs import pages as jobs_pages
+from backend.limits import GuardedWrites
 from backend.pagecache import PageCache
 from backend.storage import make_store
 from backend.templating import FRONTEND
@@ -38,6 +40,9 @@ Browse the units of vision models: dataset examples, feature visualizations, tex
 Reads are open; writes need the admin token as `Authorization: Bearer <token>`.
 Errors are JSON objects `{"error": code, "detail": message, "status": http_status}`.
 """
+
+
+HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}
 
 
 def _version_engine(url: str) -> Engine:
@@ -91,7 +96,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.store = make_store(settings)
-    app.state.admin_token = admin_token(settings)
+    app.state.auth = AdminAuth(settings)
 
     app.add_middleware(ETagMiddleware)
     app.add_middleware(
@@ -99,6 +104,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         read_version=_version_reader(version_engine),
         max_bytes=settings.page_cache_mb * 1024 * 1024,
         check_seconds=settings.page_cache_check_seconds,
+    )
+    app.add_middleware(
+        GuardedWrites, auth=app.state.auth, max_bytes=settings.max_body_kb * 1024
     )
     app.add_middleware(
         CORSMiddleware,
@@ -115,7 +123,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
-        code = "not_found" if exc.status_code == 404 else "http_error"
+        code = HTTP_CODES.get(exc.status_code, "http_error")
         return error_response(request, exc.status_code, code, str(exc.detail))
 
     @app.exception_handler(RequestValidationError)
@@ -132,6 +140,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(jobs_api.router)
     app.include_router(families_api.router)
     app.include_router(objects.router)
+    app.include_router(auth_router)
     app.include_router(catalog_actions.router)
     app.include_router(jobs_pages.router)
     app.include_router(families_pages.router)

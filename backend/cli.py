@@ -266,8 +266,8 @@ def up(
         from backend.deps import admin_token
 
         console.print(
-            f"admin sign-in (render from the pages): "
-            f"http://{host}:{port}/admin/login?token={admin_token(s)}"
+            f"admin sign-in (render from the pages): http://{host}:{port}/admin/login "
+            f"with the token {admin_token(s)}"
         )
         if not serve_:
             ok = _wait_for_jobs(s, job_ids, proc)

@@ -39,6 +39,14 @@ class Settings(BaseSettings):
     page_cache_mb: int = 64
     # How stale a cached page may be after another process's commit, at most.
     page_cache_check_seconds: float = 0.02
+    # Admin browser sessions: signed with this secret (default: derived from the admin token),
+    # valid this long.
+    session_secret: str | None = None
+    session_hours: float = Field(default=12.0, gt=0)
+    # Request bodies past this are refused (413) before they are read.
+    max_body_kb: int = Field(default=1024, ge=1)
+    # Dataset images (files and tar members) past this are skipped as "too large", unread.
+    max_image_mb: int = Field(default=64, ge=1)
 
     @model_validator(mode="after")
     def _fill_defaults(self) -> Settings:

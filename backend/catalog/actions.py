@@ -1,4 +1,4 @@
-"""Browser actions: admin sign-in, rendering a missing view, and its live progress."""
+"""Browser actions: rendering a missing view, and its live progress."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from backend.catalog import service
 from backend.catalog.facets import FacetCreate, FacetOut, list_facets
 from backend.catalog.pages import model_context
 from backend.datasets.service import get_dataset
-from backend.deps import ADMIN_COOKIE, AdminDep, SessionDep, require_admin, token_matches
-from backend.errors import InvalidInput, MicroscopeError, NotFoundError, Unauthorized
+from backend.deps import AdminDep, SessionDep, require_admin
+from backend.errors import InvalidInput, MicroscopeError, NotFoundError
 from backend.jobs.repository import JobRepository
 from backend.jobs.schemas import job_out
 from backend.precompute import (
@@ -26,16 +26,6 @@ from contracts.jobs import JobState
 
 router = APIRouter(include_in_schema=False)
 api = APIRouter(prefix=urls.API, tags=["models"])
-
-
-@router.get("/admin/login")
-def admin_login(request: Request, token: str = Query(...), next: str = Query("/")) -> Response:
-    if not token_matches(request, token):
-        raise Unauthorized("wrong admin token")
-    target = next if next.startswith("/") and not next.startswith("//") else "/"
-    resp = RedirectResponse(target, status_code=303)
-    resp.set_cookie(ADMIN_COOKIE, token, httponly=True, samesite="strict", max_age=30 * 24 * 3600)
-    return resp
 
 
 @router.post(
