@@ -110,7 +110,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.add_middleware(
         CORSMiddleware,
-        allow_origins=settings.cors_origins,
+        allow_origins=settings.cors_origins or [],
         allow_methods=["GET", "HEAD", "OPTIONS"],  # CORS for reads only
         allow_headers=["*"],
     )

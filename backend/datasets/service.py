@@ -9,9 +9,11 @@ from pydantic import BaseModel
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from backend.config import get_settings
 from backend.db.models import Dataset, Job
 from backend.errors import InvalidInput, NotFoundError
 from backend.jobs.service import enqueue_job
+from backend.redact import scrub
 from contracts.jobs import ImportDatasetParams
 from contracts.spec import slugify
 
@@ -43,9 +45,24 @@ def get_dataset(session: Session, slug: str) -> Dataset:
     return ds
 
 
-def add_dataset(session: Session, path: str, slug: str | None = None) -> tuple[Dataset, Job]:
-    """Record an image folder and queue its import (validation and thumbnails)."""
+def add_dataset(
+    session: Session,
+    path: str,
+    slug: str | None = None,
+    roots: Sequence[Path] | None = None,
+) -> tuple[Dataset, Job]:
+    """Record an image folder and queue its import (validation and thumbnails).
+
+    The folder must lie under one of ``roots`` (default: the DATASET_ROOTS setting), checked
+    after symlinks are resolved and before anything is said about whether it exists.
+    """
     folder = Path(path).expanduser().resolve()
+    roots = get_settings().dataset_roots if roots is None else roots
+    if not any(folder.is_relative_to(root) for root in roots):
+        raise InvalidInput(
+            "dataset folders must be under a dataset root (the MICROSCOPE_DATASET_ROOTS "
+            "setting); this one is not"
+        )
     if not folder.is_dir():
         raise InvalidInput(f"dataset folder {str(folder)!r} does not exist or is not a folder")
     slug = slugify(slug or folder.name) or "dataset"
@@ -69,11 +86,11 @@ def add_dataset(session: Session, path: str, slug: str | None = None) -> tuple[D
 def dataset_out(ds: Dataset) -> DatasetOut:
     return DatasetOut(
         slug=ds.slug,
-        source=ds.source,
+        source=scrub(ds.source) or "",
         image_count=ds.image_count,
         skipped_count=ds.skipped_count,
         skipped=ds.skipped,
         checksum=ds.checksum,
         state=ds.state,
-        error=ds.error,
+        error=scrub(ds.error),
     )

@@ -8,6 +8,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from backend.db.models import Job
+from backend.redact import scrub, scrub_values
 from contracts.jobs import JobState
 
 
@@ -30,6 +31,7 @@ class JobOut(BaseModel):
 
 
 def job_out(job: Job) -> JobOut:
+    """A job as anyone may see it: errors and parameters name no server paths."""
     pct = 100.0 * job.progress_done / job.progress_total if job.progress_total else 0.0
     if job.state == JobState.SUCCEEDED:
         pct = 100.0
@@ -37,13 +39,13 @@ def job_out(job: Job) -> JobOut:
         id=job.id,
         kind=job.kind,
         state=job.state,
-        params=job.params,
+        params=scrub_values(job.params),
         queue=job.queue,
         progress_done=job.progress_done,
         progress_total=job.progress_total,
         percent=round(pct, 1),
-        message=job.message,
-        error=job.error,
+        message=scrub(job.message),
+        error=scrub(job.error),
         attempts=job.attempts,
         created_at=job.created_at,
         started_at=job.started_at,

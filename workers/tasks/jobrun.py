@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import threading
 import time
-import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -130,12 +129,14 @@ def _run_job(job_id: int, work: Work, on_failure: OnFailure | None) -> str:
                 failed = s.get(Job, job_id)
                 if failed is not None:
                     on_failure(s, failed, e)
+        # The traceback goes to the worker's log (Celery logs the re-raised error); the row
+        # keeps what failed, which the jobs pages and API show to anyone.
         _set(
             db_url,
             job_id,
             state=JobState.FAILED,
-            error=f"{type(e).__name__}: {e}",
-            message=traceback.format_exc(limit=3)[-2000:],
+            error=f"{type(e).__name__}: {e}"[:2000],
+            message="failed",
             finished_at=utcnow(),
         )
         raise
