@@ -87,6 +87,10 @@ def serve(
 
     s = _settings()
     _migrate(s)
+    from backend.jobs.reconcile import reconcile
+
+    with _session(s) as session:  # jobs lost while nothing ran (the workers reconcile later)
+        reconcile(session, resend_after=s.job_resend_seconds)
     console.print(f"serving at [bold]http://{host}:{port}/[/]  (API docs at /docs)")
     uvicorn.run(
         "backend.app:app_factory",
@@ -225,9 +229,8 @@ def up(
     _migrate(s)
     from backend.catalog.service import add_model
     from backend.datasets.service import add_dataset
-    from backend.jobs.service import resend_unfinished
+    from backend.jobs.reconcile import reconcile
     from backend.precompute import queue_precompute
-    from contracts.jobs import TASKS
 
     gpu = _default_featvis_units(s) is None
     if featvis_units is None:
@@ -241,7 +244,7 @@ def up(
     with _session(s) as session:
         # Jobs an earlier run left queued or running (a worker that died): send them again
         # before this run queues its own, so nothing is sent twice.
-        resend_unfinished(session, TASKS)
+        reconcile(session, resend_after=s.job_resend_seconds, startup=True)
     with _session(s) as session:
         ds, ds_job = add_dataset(
             session, str(dataset), DEMO_SLUG if dataset.name == DEMO_SLUG else None

@@ -55,6 +55,13 @@ class Settings(BaseSettings):
     # Folders datasets may be registered from (default: DATA_DIR/datasets, where the demo's
     # photos are assembled); anything else, `/` included, is refused.
     dataset_roots: list[Path] = []
+    # Jobs (backend/jobs/reconcile.py): a running job's lease (renewed by its worker's
+    # heartbeat every quarter of it); how long a queued job's last send may be silent before it
+    # is sent again; how long a job may wait on its inputs; how often each worker reconciles.
+    job_lease_seconds: float = Field(default=120.0, gt=0)
+    job_resend_seconds: float = Field(default=300.0, gt=0)
+    job_wait_hours: float = Field(default=48.0, gt=0)
+    reconcile_seconds: float = Field(default=30.0, gt=0)
 
     @model_validator(mode="after")
     def _fill_defaults(self) -> Settings:

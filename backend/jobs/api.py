@@ -12,7 +12,6 @@ from backend.jobs.repository import JobRepository
 from backend.jobs.schemas import JobOut, job_out
 from backend.jobs.service import retry_job
 from backend.limits import Offset
-from contracts.jobs import TASKS
 
 router = APIRouter(prefix=urls.API, tags=["jobs"])
 
@@ -45,8 +44,9 @@ def get_job(job_id: int, session: SessionDep) -> JobOut:
 
 @router.post("/jobs/{job_id}/retry", response_model=JobOut, dependencies=[AdminDep])
 def retry(job_id: int, session: SessionDep) -> JobOut:
-    """Send a failed job again (admin); finished parts are not redone."""
+    """Send a job again (admin): a failed one, or one stuck queued or running on a worker
+    that died; finished parts are not redone."""
     job = JobRepository(session).get(job_id)
     if job is None:
         raise NotFoundError("job", job_id)
-    return job_out(retry_job(session, job, TASKS))
+    return job_out(retry_job(session, job))

@@ -11,7 +11,7 @@ from backend.jobs.repository import JobRepository
 from backend.jobs.schemas import job_out
 from backend.jobs.service import retry_job
 from backend.templating import templates
-from contracts.jobs import TASKS, JobState
+from contracts.jobs import JobState
 
 router = APIRouter(include_in_schema=False)
 
@@ -29,7 +29,7 @@ def retry(job_id: int, session: SessionDep) -> RedirectResponse:
     job = JobRepository(session).get(job_id)
     if job is None:
         raise NotFoundError("job", job_id)
-    retry_job(session, job, TASKS)
+    retry_job(session, job)
     return RedirectResponse("/jobs", status_code=303)
 
 

@@ -18,14 +18,13 @@ from backend.storage import ObjectStore, make_store
 from contracts.jobs import (
     TASK_RENDERED_WORDS,
     TASK_TEXT_VIEWS,
-    JobState,
     MineExamplesParams,
     RenderedWordsParams,
     TextViewsParams,
 )
 from contracts.spec import slugify
 from workers.tasks.artifacts import publish, publish_ranked
-from workers.tasks.jobrun import Progress, Waiting, job_task, params_of, ready_model
+from workers.tasks.jobrun import Progress, Waiting, job_task, params_of, ready_model, settled
 from workers.tasks.mining import BATCH, _device, _loader_fn, cached_model, make_plan
 
 TOP_EXAMPLES = 8  # a unit's text vector: the head's mean output over its top examples
@@ -41,14 +40,14 @@ CLIMB_VERSION = 1
 
 
 def _mining_done(session: Session, model_id: int, dataset_id: int) -> bool:
+    """True once the dataset examples exist; DependencyFailed when their mining failed."""
     jobs = session.scalars(
-        select(Job).where(Job.kind == "mine_examples", Job.model_id == model_id)
+        select(Job).where(Job.kind == "mine_examples", Job.model_id == model_id).order_by(Job.id)
     ).all()
-    return any(
-        j.state == JobState.SUCCEEDED
-        and MineExamplesParams.model_validate(j.params).dataset_id == dataset_id
-        for j in jobs
-    )
+    mined = [
+        j for j in jobs if MineExamplesParams.model_validate(j.params).dataset_id == dataset_id
+    ]
+    return settled(mined, "mining the dataset examples")
 
 
 def text_views(session: Session, job: Job, progress: Progress) -> str:
