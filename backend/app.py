@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
@@ -28,6 +29,8 @@ from backend.etag import ETagMiddleware
 from backend.failures import add_failure_handlers, error_response
 from backend.families import api as families_api
 from backend.families import pages as families_pages
+from backend.health import Health
+from backend.health import router as health_router
 from backend.jobs import api as jobs_api
 from backend.jobs import pages as jobs_pages
 from backend.limits import GuardedWrites
@@ -42,18 +45,22 @@ Errors are JSON objects `{"error": code, "detail": message, "status": http_statu
 """
 
 
+VERSION_CONNECT_SECONDS = 1
 HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}
 
 
 def _version_engine(url: str) -> Engine:
     """An engine of one connection for reading the catalog version.
 
-    The page cache reads it in the event loop, so it must never wait on the shared pool: with
-    every pooled connection held by handlers that need the loop to finish, that wait would
-    deadlock the server (seen under load). One connection, used only by the loop's thread.
+    The page cache reads it on a thread of its own, so it must never wait on the shared pool:
+    with every pooled connection held by handlers that need the loop to finish, that wait
+    would deadlock the server (seen under load). One connection, used only by that thread;
+    a short connect timeout, so a database that is away is noticed at once.
     """
     sqlite = url.startswith("sqlite")
-    args = {"check_same_thread": False} if sqlite else {}
+    args: dict[str, object] = (
+        {"check_same_thread": False} if sqlite else {"connect_timeout": VERSION_CONNECT_SECONDS}
+    )
     engine = create_engine(url, poolclass=StaticPool, pool_pre_ping=True, connect_args=args)
     if sqlite:
         event.listen(engine, "connect", lambda c, _r: c.execute("PRAGMA query_only=ON"))
@@ -75,10 +82,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the app for ``settings`` (the environment's by default)."""
     settings = settings or get_settings()
     version_engine = _version_engine(settings.database_url)
+    version_reader = ThreadPoolExecutor(1, thread_name_prefix="catalog-version")
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         yield
+        version_reader.shutdown(wait=False, cancel_futures=True)
         version_engine.dispose()  # the page cache's own connection
 
     app = FastAPI(
@@ -97,6 +106,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.store = make_store(settings)
     app.state.auth = AdminAuth(settings)
+    app.state.health = Health(settings)
 
     app.add_middleware(ETagMiddleware)
     app.add_middleware(
@@ -104,6 +114,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         read_version=_version_reader(version_engine),
         max_bytes=settings.page_cache_mb * 1024 * 1024,
         check_seconds=settings.page_cache_check_seconds,
+        reader=version_reader,
     )
     app.add_middleware(
         GuardedWrites, auth=app.state.auth, max_bytes=settings.max_body_kb * 1024
@@ -141,14 +152,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(families_api.router)
     app.include_router(objects.router)
     app.include_router(auth_router)
+    app.include_router(health_router)
     app.include_router(catalog_actions.router)
     app.include_router(jobs_pages.router)
     app.include_router(families_pages.router)
     app.include_router(catalog_pages.router)
-
-    @app.get("/healthz", include_in_schema=False)
-    def healthz() -> dict[str, str]:
-        return {"status": "ok"}
 
     @app.get("/favicon.ico", include_in_schema=False)
     def favicon() -> HTMLResponse:
