@@ -26,7 +26,7 @@ from backend.datasets import api as datasets_api
 from backend.db.version import read_version
 from backend.errors import MicroscopeError
 from backend.etag import ETagMiddleware
-from backend.failures import add_failure_handlers, error_response
+from backend.failures import ERROR_RESPONSES, add_failure_handlers, error_response
 from backend.families import api as families_api
 from backend.families import pages as families_pages
 from backend.health import Health
@@ -92,6 +92,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app = FastAPI(
         lifespan=lifespan,
+        responses=ERROR_RESPONSES,
         title="Open Microscope",
         version="0.1.0",
         description=DESCRIPTION,

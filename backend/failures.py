@@ -11,12 +11,38 @@ import logging
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel
 from sqlalchemy import exc as sa_exc
 
 from backend.templating import templates
 
 log = logging.getLogger("microscope.web")
 RETRY_AFTER_SECONDS = 5
+
+
+class ErrorOut(BaseModel):
+    """Every error the API answers."""
+
+    error: str
+    detail: str
+    status: int
+
+
+# Documented on every operation (so clients, and the schema fuzzing in tests/reliability,
+# know every answer's shape; FastAPI's own 422 shape is replaced by ours).
+ERROR_RESPONSES: dict[int | str, dict[str, object]] = {
+    status: {"model": ErrorOut, "description": text}
+    for status, text in {
+        400: "Bad request",
+        401: "A write without the admin token or session",
+        404: "Unknown model, layer, unit, job, family or dataset",
+        405: "No such operation on this path (a unit index below 0, say)",
+        409: "Not computed yet, or in conflict with what exists",
+        413: "Request body over the limit",
+        422: "Invalid input",
+        503: "The database is away; try again (Retry-After)",
+    }.items()
+}
 
 
 def wants_json(request: Request) -> bool:

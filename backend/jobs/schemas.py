@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, field_validator
 
 from backend.db.models import Job
 from backend.redact import scrub, scrub_values
@@ -28,6 +28,12 @@ class JobOut(BaseModel):
     started_at: datetime | None
     finished_at: datetime | None
     url: str
+
+    @field_validator("created_at", "started_at", "finished_at")
+    @classmethod
+    def _utc(cls, t: datetime | None) -> datetime | None:
+        # SQLite hands back naive datetimes (written in UTC): say so, as RFC 3339 requires.
+        return t.replace(tzinfo=UTC) if t is not None and t.tzinfo is None else t
 
 
 def job_out(job: Job) -> JobOut:
