@@ -3,6 +3,8 @@ deadline); a duplicate message for a job running elsewhere does nothing."""
 
 from __future__ import annotations
 
+import socket
+import subprocess
 import time
 from datetime import timedelta
 
@@ -75,6 +77,17 @@ def test_a_duplicate_message_for_a_job_running_elsewhere_does_nothing(settings) 
         s.get(Job, job_id).lease_expires_at = utcnow() - timedelta(seconds=1)
     assert run_job(job_id, lambda s, j, p: ran.append(1) or "x") == "succeeded"
     assert ran == [1] and _row(url, job_id).attempts == 2
+
+
+def test_a_job_whose_holder_died_on_this_machine_is_taken_over_at_once(settings) -> None:
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    url = settings.database_url
+    lease = utcnow() + timedelta(minutes=5)
+    holder = f"{socket.gethostname()}:{dead.pid}"
+    job_id = _job(url, state="running", worker=holder, lease_expires_at=lease, attempts=1)
+    assert run_job(job_id, lambda s, j, p: "x") == "succeeded"
+    assert _row(url, job_id).attempts == 2
 
 
 def test_waiting_has_a_deadline(settings) -> None:

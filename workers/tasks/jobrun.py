@@ -16,7 +16,7 @@ from backend.db.base import utcnow
 from backend.db.models import Job, Model
 from backend.db.session import session_scope
 from contracts.jobs import FINISHED_STATES, JobParams, JobState
-from workers.tasks.lease import heartbeat, lease_until, worker_name
+from workers.tasks.lease import heartbeat, holder_gone, lease_until, worker_name
 
 P = TypeVar("P", bound=JobParams)
 
@@ -143,7 +143,8 @@ def _claim(db_url: str, job_id: int, holder: str, lease_seconds: float) -> str |
         expires = job.lease_expires_at
         if expires is not None and expires.tzinfo is None:
             expires = expires.replace(tzinfo=now.tzinfo)  # SQLite: written as UTC
-        if job.state == JobState.RUNNING and expires is not None and expires > now:
+        live = expires is not None and expires > now and not holder_gone(job.worker)
+        if job.state == JobState.RUNNING and live:
             return RUNNING_ELSEWHERE
         job.state = JobState.RUNNING
         job.attempts += 1

@@ -35,6 +35,22 @@ def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
+def holder_gone(holder: str | None) -> bool:
+    """True when a lease's holder is a process of this machine that no longer exists (a
+    worker child killed with -9 whose task came back to its pool): no need to wait out its
+    lease."""
+    host, _, pid = (holder or "").rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
 def lease_until(seconds: float) -> Any:
     return utcnow() + timedelta(seconds=seconds)
 
