@@ -136,12 +136,16 @@ def server(env: dict[str, str]) -> tuple[subprocess.Popen[bytes], str]:
     return proc, url
 
 
-def worker(env: dict[str, str], log: Path, name: str) -> subprocess.Popen[bytes]:
-    """A real Celery worker process (solo pool) in its own process group."""
+def worker(
+    env: dict[str, str], log: Path, name: str, pool: str = "solo"
+) -> subprocess.Popen[bytes]:
+    """A real Celery worker process in its own process group (``pool="prefork"``: one child
+    runs the tasks, and a killed child is replaced by a fork, torch already imported)."""
     OUTPUT.mkdir(exist_ok=True)
+    pool_args = ["--pool", pool] + (["--concurrency", "1"] if pool == "prefork" else [])
     return subprocess.Popen(
         [sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker",
-         "-Q", "interactive,gpu,cpu", "--pool", "solo", "--loglevel", "INFO",
+         "-Q", "interactive,gpu,cpu", *pool_args, "--loglevel", "INFO",
          "--without-gossip", "--without-mingle", "--hostname", f"{name}@%h"],
         cwd=ROOT,
         stdout=log.open("ab"),
@@ -149,6 +153,15 @@ def worker(env: dict[str, str], log: Path, name: str) -> subprocess.Popen[bytes]
         env=env,
         start_new_session=True,
     )
+
+
+def children(pid: int) -> list[int]:
+    """The direct children of a process (a prefork worker's pool)."""
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except OSError:
+        return []
+    return [int(c) for c in text.split()]
 
 
 def stop(proc: subprocess.Popen[bytes] | None, sig: int = signal.SIGTERM) -> None:
