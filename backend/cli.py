@@ -245,6 +245,14 @@ def up(
         # Jobs an earlier run left queued or running (a worker that died): send them again
         # before this run queues its own, so nothing is sent twice.
         reconcile(session, resend_after=s.job_resend_seconds, startup=True)
+    from backend.datasets.service import check_dataset_folder
+    from backend.errors import MicroscopeError
+
+    try:
+        check_dataset_folder(str(dataset), s.dataset_roots)
+    except MicroscopeError as e:  # a folder outside MICROSCOPE_DATASET_ROOTS, say
+        err.print(f"[red]error:[/] {e}")
+        raise typer.Exit(2) from e
     with _session(s) as session:
         ds, ds_job = add_dataset(
             session, str(dataset), DEMO_SLUG if dataset.name == DEMO_SLUG else None

@@ -45,6 +45,20 @@ def get_dataset(session: Session, slug: str) -> Dataset:
     return ds
 
 
+def check_dataset_folder(path: str, roots: Sequence[Path]) -> Path:
+    """The folder, resolved (symlinks followed), if it is one under a dataset root; whether it
+    exists is only said for folders under a root (no probing of the server's file system)."""
+    folder = Path(path).expanduser().resolve()
+    if not any(folder.is_relative_to(root) for root in roots):
+        raise InvalidInput(
+            "dataset folders must be under a dataset root (the MICROSCOPE_DATASET_ROOTS "
+            "setting); this one is not"
+        )
+    if not folder.is_dir():
+        raise InvalidInput(f"dataset folder {str(folder)!r} does not exist or is not a folder")
+    return folder
+
+
 def add_dataset(
     session: Session,
     path: str,
@@ -56,15 +70,7 @@ def add_dataset(
     The folder must lie under one of ``roots`` (default: the DATASET_ROOTS setting), checked
     after symlinks are resolved and before anything is said about whether it exists.
     """
-    folder = Path(path).expanduser().resolve()
-    roots = get_settings().dataset_roots if roots is None else roots
-    if not any(folder.is_relative_to(root) for root in roots):
-        raise InvalidInput(
-            "dataset folders must be under a dataset root (the MICROSCOPE_DATASET_ROOTS "
-            "setting); this one is not"
-        )
-    if not folder.is_dir():
-        raise InvalidInput(f"dataset folder {str(folder)!r} does not exist or is not a folder")
+    folder = check_dataset_folder(path, get_settings().dataset_roots if roots is None else roots)
     slug = slugify(slug or folder.name) or "dataset"
     ds = session.scalar(select(Dataset).where(Dataset.slug == slug))
     if ds is None:
