@@ -93,6 +93,10 @@ def serve(
 
     s = _settings()
     _migrate(s)
+    from backend.jobs.reconcile import reconcile
+
+    with _session(s) as session:  # jobs lost while nothing ran (the workers reconcile later)
+        reconcile(session, resend_after=s.job_resend_seconds)
     console.print(f"serving at [bold]http://{host}:{port}/[/]  (API docs at /docs)")
     uvicorn.run(
         "backend.app:app_factory",
@@ -228,9 +232,8 @@ def up(
     _migrate(s)
     from backend.catalog.service import add_model
     from backend.datasets.service import add_dataset
-    from backend.jobs.service import resend_unfinished
+    from backend.jobs.reconcile import reconcile
     from backend.precompute import queue_precompute
-    from contracts.jobs import TASKS
 
     gpu = _gpu_present(s)
     if featvis_units is None:
@@ -244,7 +247,15 @@ def up(
     with _session(s) as session:
         # Jobs an earlier run left queued or running (a worker that died): send them again
         # before this run queues its own, so nothing is sent twice.
-        resend_unfinished(session, TASKS)
+        reconcile(session, resend_after=s.job_resend_seconds, startup=True)
+    from backend.datasets.service import check_dataset_folder
+    from backend.errors import MicroscopeError
+
+    try:
+        check_dataset_folder(str(dataset), s.dataset_roots)
+    except MicroscopeError as e:  # a folder outside MICROSCOPE_DATASET_ROOTS, say
+        err.print(f"[red]error:[/] {e}")
+        raise typer.Exit(2) from e
     with _session(s) as session:
         ds, ds_job = add_dataset(
             session, str(dataset), DEMO_SLUG if dataset.name == DEMO_SLUG else None
@@ -269,8 +280,8 @@ def up(
         from backend.deps import admin_token
 
         console.print(
-            f"admin sign-in (render from the pages): "
-            f"http://{host}:{port}/admin/login?token={admin_token(s)}"
+            f"admin sign-in (render from the pages): http://{host}:{port}/admin/login "
+            f"with the token {admin_token(s)}"
         )
         if not serve_:
             ok = _wait_for_jobs(s, job_ids, proc)

@@ -9,6 +9,9 @@ from typing import Literal
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+# Secrets that ship in examples (MinIO's own default, the compose file's old default).
+DEFAULT_S3_SECRETS = frozenset({"minioadmin", "microscope-secret"})
+
 
 def _default_data_dir() -> Path:
     return Path.cwd() / "data"
@@ -34,11 +37,31 @@ class Settings(BaseSettings):
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     public_url: str = "http://127.0.0.1:8000"
     featvis_steps: int = 512  # optimisation steps per render (Lucid's default)
-    cors_origins: list[str] = ["*"]
+    # Origins whose pages may read the API; default: any in development, none in production
+    # (which refuses "*").
+    cors_origins: list[str] | None = None
     # The web process's cache of rendered catalog pages (backend/pagecache.py); 0 turns it off.
     page_cache_mb: int = 64
     # How stale a cached page may be after another process's commit, at most.
     page_cache_check_seconds: float = 0.02
+    # Admin browser sessions: signed with this secret (default: derived from the admin token),
+    # valid this long.
+    session_secret: str | None = None
+    session_hours: float = Field(default=12.0, gt=0)
+    # Request bodies past this are refused (413) before they are read.
+    max_body_kb: int = Field(default=1024, ge=1)
+    # Dataset images (files and tar members) past this are skipped as "too large", unread.
+    max_image_mb: int = Field(default=64, ge=1)
+    # Folders datasets may be registered from (default: DATA_DIR/datasets, where the demo's
+    # photos are assembled); anything else, `/` included, is refused.
+    dataset_roots: list[Path] = []
+    # Jobs (backend/jobs/reconcile.py): a running job's lease (renewed by its worker's
+    # heartbeat every quarter of it); how long a queued job's last send may be silent before it
+    # is sent again; how long a job may wait on its inputs; how often each worker reconciles.
+    job_lease_seconds: float = Field(default=120.0, gt=0)
+    job_resend_seconds: float = Field(default=300.0, gt=0)
+    job_wait_hours: float = Field(default=48.0, gt=0)
+    reconcile_seconds: float = Field(default=30.0, gt=0)
 
     @model_validator(mode="after")
     def _fill_defaults(self) -> Settings:
@@ -48,19 +71,38 @@ class Settings(BaseSettings):
         if not self.broker_url:
             # kombu's SQLAlchemy transport on SQLite: a real broker that needs no server.
             self.broker_url = f"sqla+sqlite:///{self.data_dir / 'broker.sqlite'}"
+        if not self.dataset_roots:
+            self.dataset_roots = [self.data_dir / "datasets"]
+        self.dataset_roots = [p.expanduser().resolve() for p in self.dataset_roots]
         if not self.storage_url:
             self.storage_url = f"file://{self.data_dir / 'objects'}"
         if self.env == "production":
-            if not self.admin_token or len(self.admin_token) < 16:
-                raise ValueError(
-                    "MICROSCOPE_ENV=production needs MICROSCOPE_ADMIN_TOKEN (16+ characters)"
-                )
-            if self.database_url.startswith("sqlite") or self.broker_url.startswith("sqla+"):
-                raise ValueError(
-                    "MICROSCOPE_ENV=production refuses the embedded SQLite database/broker; "
-                    "set MICROSCOPE_DATABASE_URL and MICROSCOPE_BROKER_URL"
-                )
+            self._refuse_unsafe_production()
+        if self.cors_origins is None:
+            self.cors_origins = [] if self.env == "production" else ["*"]
         return self
+
+    def _refuse_unsafe_production(self) -> None:
+        if not self.admin_token or len(self.admin_token) < 16:
+            raise ValueError(
+                "MICROSCOPE_ENV=production needs MICROSCOPE_ADMIN_TOKEN (16+ characters)"
+            )
+        if self.cors_origins and "*" in self.cors_origins:
+            raise ValueError(
+                "MICROSCOPE_ENV=production refuses MICROSCOPE_CORS_ORIGINS='*'; list the origins"
+            )
+        # No secret at all is fine: boto3 then uses the machine's own credentials.
+        secret = self.s3_secret_key
+        if secret is not None and (secret in DEFAULT_S3_SECRETS or len(secret) < 16):
+            raise ValueError(
+                "MICROSCOPE_ENV=production refuses a default or short MICROSCOPE_S3_SECRET_KEY "
+                "(16+ characters)"
+            )
+        if self.database_url.startswith("sqlite") or self.broker_url.startswith("sqla+"):
+            raise ValueError(
+                "MICROSCOPE_ENV=production refuses the embedded SQLite database/broker; "
+                "set MICROSCOPE_DATABASE_URL and MICROSCOPE_BROKER_URL"
+            )
 
     @property
     def embedded_broker(self) -> bool:

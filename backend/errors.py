@@ -28,6 +28,11 @@ class Unauthorized(MicroscopeError):
     code = "unauthorized"
 
 
+class TooLarge(MicroscopeError):
+    status = 413
+    code = "too_large"
+
+
 class NotReady(MicroscopeError):
     """The request is fine but what answers it has not been computed yet."""
 

@@ -16,9 +16,11 @@ ones on PyPI expire by time, which would show a finished render as missing.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from starlette.datastructures import Headers, MutableHeaders
@@ -30,6 +32,8 @@ from backend.deps import ADMIN_COOKIE
 CACHED_PREFIXES = ("/models/", "/api/v1/models")
 CACHEABLE_TYPES = ("text/html", "application/json")
 MAX_ENTRY_BYTES = 512 * 1024
+# How long a request waits for the catalog version before it is served uncached.
+READ_TIMEOUT_SECONDS = 0.25
 
 
 @dataclass
@@ -41,7 +45,8 @@ class Entry:
 
 
 class PageCache:
-    """Pure ASGI middleware; ``read_version`` returns the database's catalog version or None."""
+    """Pure ASGI middleware; ``read_version`` returns the database's catalog version or None
+    (run on ``reader``, a one-thread executor the app shuts down)."""
 
     def __init__(
         self,
@@ -50,6 +55,7 @@ class PageCache:
         *,
         max_bytes: int = 64 * 1024 * 1024,
         check_seconds: float = 0.02,
+        reader: ThreadPoolExecutor | None = None,
     ) -> None:
         self.app = app
         self.read_version = read_version
@@ -60,15 +66,31 @@ class PageCache:
         self._db_version: int | None = None
         self._checked_at = -1.0
         self._checked_local = -1
+        # The version is read on a thread of its own, never in the event loop: a database
+        # that is away (or slow to refuse) must not freeze the server. One thread, so the
+        # read never waits on the handlers' thread pool or connection pool (that deadlocked
+        # under load), and at most one read in flight.
+        self._reader = reader or ThreadPoolExecutor(1, thread_name_prefix="catalog-version")
+        self._inflight: asyncio.Future[int | None] | None = None
 
-    def version(self) -> tuple[int, int] | None:
+    async def _read(self) -> int | None:
+        if self._inflight is None or self._inflight.done():
+            loop = asyncio.get_running_loop()
+            self._inflight = loop.run_in_executor(self._reader, self.read_version)
+        try:
+            # shield: a request that stops waiting leaves the read to finish for the next one.
+            return await asyncio.wait_for(asyncio.shield(self._inflight), READ_TIMEOUT_SECONDS)
+        except TimeoutError:
+            return None
+
+    async def version(self) -> tuple[int, int] | None:
         """(database version, this process's commits); None: do not cache now."""
         local = catalog_version.local_generation
         now = time.monotonic()
         if local != self._checked_local or now - self._checked_at >= self.check_seconds:
-            # A primary-key read of one row: tens of microseconds, done in the event loop at
-            # most 1/check_seconds times a second.
-            self._db_version = self.read_version()
+            # A primary-key read of one row: tens of microseconds, at most 1/check_seconds
+            # times a second.
+            self._db_version = await self._read()
             self._checked_at, self._checked_local = now, local
         return None if self._db_version is None else (self._db_version, local)
 
@@ -97,7 +119,7 @@ class PageCache:
         if not self._cacheable_request(scope):
             await self.app(scope, receive, send)
             return
-        version = self.version()
+        version = await self.version()
         if version is None:
             await self.app(scope, receive, send)
             return

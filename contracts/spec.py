@@ -52,16 +52,22 @@ class ModelSpec:
         if self.source == "open_clip":
             base = f"clip-{base}"
         if self.weights is None:
-            return f"{base}-random"
+            return slugify(f"{base}-random")
         if self.is_local_checkpoint:
             stem = self.weights.rstrip("/").rsplit("/", 1)[-1].split(".", 1)[0]
-            return f"{base}-{slugify(stem)}"
-        return f"{base}-{slugify(self.weights)}"
+            return slugify(f"{base}-{slugify(stem)}")
+        return slugify(f"{base}-{slugify(self.weights)}")
+
+
+# Every slug column holds 128 characters; a longer one would be refused by PostgreSQL.
+SLUG_MAX = 128
+NAME_MAX = 200
 
 
 def slugify(text: str) -> str:
-    """Lowercase, keep [a-z0-9-], collapse the rest to '-'."""
-    return re.sub(r"-+", "-", re.sub(r"[^a-z0-9]+", "-", text.lower())).strip("-")
+    """Lowercase, keep [a-z0-9-], collapse the rest to '-'; at most SLUG_MAX characters."""
+    slug = re.sub(r"-+", "-", re.sub(r"[^a-z0-9]+", "-", text.lower())).strip("-")
+    return slug[:SLUG_MAX].rstrip("-")
 
 
 def parse_spec(spec: str) -> ModelSpec:
@@ -78,6 +84,8 @@ def parse_spec(spec: str) -> ModelSpec:
     if source not in SOURCES:
         raise SpecError(f"unknown model source {source!r}; expected one of {', '.join(SOURCES)}")
     name, _, weights = rest.partition("@")
+    if len(name) > NAME_MAX:
+        raise SpecError(f"model name in spec is longer than {NAME_MAX} characters")
     if not name or not _NAME_RE.match(name):
         raise SpecError(f"model name {name!r} in spec {spec!r} is empty or has odd characters")
     return ModelSpec(source=source, name=name, weights=weights or None)

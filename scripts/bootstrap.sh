@@ -27,7 +27,7 @@ fi
 need_deb tuxpaint-stamps-default plasma-workspace-wallpapers mate-backgrounds wamerican fonts-dejavu-core
 if [ "$mode" = dev ]; then
   # Debian's chromium for Playwright page tests; docker-compose validates the compose file.
-  need_deb chromium docker-compose
+  need_deb chromium docker-compose wrk  # wrk: the load test in tests/reliability
 fi
 
 if [ ! -x .venv/bin/python ]; then

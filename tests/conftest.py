@@ -7,6 +7,7 @@ tests run against those services instead; each session gets a fresh database.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -74,6 +75,8 @@ def settings(
         or f"sqla+sqlite:///{tmp_path / 'broker.sqlite'}",
         "MICROSCOPE_STORAGE_URL": f"file://{tmp_path / 'objects'}",
         "MICROSCOPE_ADMIN_TOKEN": ADMIN_TOKEN,
+        # Tests register datasets from their own temporary folders.
+        "MICROSCOPE_DATASET_ROOTS": json.dumps([str(tmp_path)]),
     }
     for k, v in env.items():
         monkeypatch.setenv(k, v)

@@ -17,8 +17,7 @@ from backend.catalog.service import add_model
 from backend.datasets.service import add_dataset
 from backend.db.models import Job
 from backend.db.session import session_scope
-from backend.jobs.service import resend_unfinished
-from contracts.jobs import TASKS
+from backend.jobs.reconcile import reconcile
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = [pytest.mark.celery, pytest.mark.slow]
@@ -90,7 +89,7 @@ def test_a_job_whose_worker_died_is_sent_again_and_finishes(
     time.sleep(1.0)
     with session_scope(settings.database_url) as s:
         assert s.get(Job, job_id).state == "running"  # nobody is working on it
-        assert resend_unfinished(s, TASKS) == 1
+        assert reconcile(s, resend_after=60).requeued == [job_id]
     states = wait_jobs(settings.database_url, [job_id], worker)
     assert states[job_id][0] == "succeeded"
     with session_scope(settings.database_url) as s:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from celery.signals import worker_ready
+
 from backend.celeryconf import make_celery
 from backend.config import get_settings
 
@@ -15,3 +17,11 @@ app.conf.imports = (
     "workers.tasks.text",
     "workers.tasks.weights",
 )
+
+
+@worker_ready.connect
+def _start_reconciler(**_: object) -> None:
+    # Every worker keeps the jobs table and the broker in line (backend/jobs/reconcile.py).
+    from workers.tasks.lease import start_reconciler
+
+    start_reconciler()

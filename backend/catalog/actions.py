@@ -1,32 +1,21 @@
-"""Browser actions: admin sign-in, and queueing a missing view or a facet from a page (each
-answers with a redirect to the page that follows the job live)."""
+"""Browser actions: queueing a missing view or a facet from a page (each answers with a
+redirect to the page that follows the job live)."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, Form, Query, Request
+from fastapi import APIRouter, Depends, Form, Request
 from fastapi.responses import RedirectResponse, Response
 
 from backend import urls
 from backend.catalog import service
 from backend.catalog.pages import model_context
 from backend.datasets.service import get_dataset
-from backend.deps import ADMIN_COOKIE, SessionDep, require_admin, token_matches
-from backend.errors import InvalidInput, MicroscopeError, Unauthorized
+from backend.deps import SessionDep, require_admin
+from backend.errors import InvalidInput, MicroscopeError
 from backend.precompute import request_facet, request_featvis, request_weight_views
 from backend.templating import templates
 
 router = APIRouter(include_in_schema=False)
-
-
-@router.get("/admin/login")
-def admin_login(request: Request, token: str = Query(...), next: str = Query("/")) -> Response:
-    """Sign a browser in as the admin (a cookie), then go to ``next`` on this site."""
-    if not token_matches(request, token):
-        raise Unauthorized("wrong admin token")
-    target = next if next.startswith("/") and not next.startswith("//") else "/"
-    resp = RedirectResponse(target, status_code=303)
-    resp.set_cookie(ADMIN_COOKIE, token, httponly=True, samesite="strict", max_age=30 * 24 * 3600)
-    return resp
 
 
 @router.post(

@@ -24,6 +24,7 @@ from backend.catalog.schemas import (
 from backend.datasets.service import get_dataset
 from backend.deps import AdminDep, SessionDep
 from backend.jobs.schemas import JobOut, job_out
+from backend.limits import Offset
 from backend.precompute import (
     request_examples,
     request_facet,
@@ -87,7 +88,7 @@ def list_units(
     model: str,
     layer: str,
     session: SessionDep,
-    offset: int = Query(0, ge=0),
+    offset: Offset = 0,
     limit: int = Query(100, ge=1, le=1000),
 ) -> Page[dict[str, Any]]:
     """A page of the layer's units."""

@@ -21,6 +21,7 @@ from backend.db.models import Model
 from backend.deps import SessionDep, is_admin
 from backend.jobs.repository import JobRepository
 from backend.jobs.schemas import job_out
+from backend.limits import FollowedJob, Offset
 from backend.templating import is_htmx, templates
 from contracts.jobs import IN_FLIGHT_STATES
 
@@ -45,7 +46,7 @@ def model_page(
     model: str,
     session: SessionDep,
     all: bool = Query(False),
-    job_id: int | None = Query(None, alias="job", description="a job to follow live"),
+    job_id: FollowedJob = None,
 ) -> HTMLResponse:
     m = service.get_model(session, model)
     return templates.TemplateResponse(
@@ -145,7 +146,7 @@ def layer_page(
     model: str,
     layer: str,
     session: SessionDep,
-    offset: int = Query(0, ge=0),
+    offset: Offset = 0,
     view: str = Query("auto", pattern="^(auto|featvis|examples|weights|label)$"),
 ) -> HTMLResponse:
     m = service.get_model(session, model)

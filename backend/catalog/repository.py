@@ -8,6 +8,7 @@ from sqlalchemy import and_, func, or_, select
 from sqlalchemy.orm import Session
 
 from backend.db.models import Artifact, Layer, Model, Unit
+from backend.limits import storable_index
 
 # (kind, variant) of the images that stand for a unit in a card or a preview, best first: its
 # feature visualization, else its top dataset example.
@@ -73,6 +74,8 @@ class CatalogRepository:
         ).all()
 
     def get_unit(self, layer_id: int, index: int) -> Unit | None:
+        if not storable_index(index):
+            return None
         return self.session.scalar(
             select(Unit).where(Unit.layer_id == layer_id, Unit.index == index)
         )

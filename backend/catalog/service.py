@@ -13,6 +13,7 @@ from backend.catalog.schemas import ArtifactOut, LayerOut, ModelOut, UnitOut
 from backend.db.models import Artifact, Job, Layer, Model, Unit
 from backend.errors import InvalidInput, NotFoundError
 from backend.jobs.service import enqueue_job
+from backend.redact import scrub
 from contracts.jobs import RegisterModelParams
 from contracts.layout import branch_of, branches_from_json
 from contracts.spec import SpecError, parse_spec, slugify
@@ -84,7 +85,7 @@ def model_out(model: Model, totals: tuple[int, int] = (0, 0)) -> ModelOut:
         input_size=model.input_size,
         preprocessing=model.preprocessing,
         state=model.state,
-        error=model.error,
+        error=scrub(model.error),
         layer_count=totals[0],
         unit_count=totals[1],
         url=urls.model_url(model.slug),

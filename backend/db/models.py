@@ -163,6 +163,7 @@ class Job(TimestampMixin, Base):
     __table_args__ = (
         Index("ix_jobs_state_created", "state", "created_at"),
         Index("ix_jobs_model", "model_id"),
+        Index("ix_jobs_state_lease", "state", "lease_expires_at"),
     )
 
     id: Mapped[int] = mapped_column(BigIntId, primary_key=True)
@@ -182,6 +183,15 @@ class Job(TimestampMixin, Base):
     dataset_id: Mapped[int | None] = mapped_column(ForeignKey("datasets.id", ondelete="CASCADE"))
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # A running job's lease, renewed by its worker's heartbeat (workers/tasks/lease.py); the
+    # reconciler re-queues the job once it expires (backend/jobs/reconcile.py).
+    worker: Mapped[str | None] = mapped_column(String(128))
+    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    lease_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # When a message for the job was last sent: a queued job not sent for a while is sent again.
+    sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # When the job first found its inputs not ready; waiting past JOB_WAIT_HOURS fails it.
+    waiting_since: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class Family(TimestampMixin, Base):

@@ -13,6 +13,11 @@ from sqlalchemy.orm import Session, sessionmaker
 # once, so a request never waits on the pool while holding a worker thread (see deps.py).
 POOL_SIZE, POOL_OVERFLOW = 10, 10
 POOL_CAPACITY = POOL_SIZE + POOL_OVERFLOW
+# PostgreSQL: a server that is away is noticed within seconds, never waited on for minutes
+# (a request then answers 503, see backend/failures.py); a runaway statement is cancelled.
+CONNECT_TIMEOUT_SECONDS = 3
+STATEMENT_TIMEOUT_MS = 60_000
+POOL_TIMEOUT_SECONDS = 10
 
 
 def make_engine(url: str) -> Engine:
@@ -35,7 +40,17 @@ def make_engine(url: str) -> Engine:
             cur.close()
 
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=POOL_SIZE, max_overflow=POOL_OVERFLOW)
+    return create_engine(
+        url,
+        pool_pre_ping=True,
+        pool_size=POOL_SIZE,
+        max_overflow=POOL_OVERFLOW,
+        pool_timeout=POOL_TIMEOUT_SECONDS,
+        connect_args={
+            "connect_timeout": CONNECT_TIMEOUT_SECONDS,
+            "options": f"-c statement_timeout={STATEMENT_TIMEOUT_MS}",
+        },
+    )
 
 
 @lru_cache

@@ -9,7 +9,6 @@ from backend.deps import SessionDep, require_admin
 from backend.errors import NotFoundError
 from backend.jobs.repository import JobRepository
 from backend.jobs.service import retry_job
-from contracts.jobs import TASKS
 
 router = APIRouter(include_in_schema=False)
 
@@ -20,5 +19,5 @@ def retry(job_id: int, session: SessionDep) -> RedirectResponse:
     job = JobRepository(session).get(job_id)
     if job is None:
         raise NotFoundError("job", job_id)
-    retry_job(session, job, TASKS)
+    retry_job(session, job)
     return RedirectResponse("/jobs", status_code=303)

@@ -10,8 +10,8 @@ from backend.errors import NotFoundError
 from backend.jobs.repository import JobRepository
 from backend.jobs.schemas import JobOut, job_out
 from backend.jobs.service import retry_job
+from backend.limits import Offset
 from backend.schemas import Page
-from contracts.jobs import TASKS
 
 router = APIRouter(prefix=urls.API, tags=["jobs"])
 
@@ -20,7 +20,7 @@ router = APIRouter(prefix=urls.API, tags=["jobs"])
 def list_jobs(
     session: SessionDep,
     state: str | None = Query(None, description="queued, running, succeeded, failed"),
-    offset: int = Query(0, ge=0),
+    offset: Offset = 0,
     limit: int = Query(50, ge=1, le=500),
 ) -> Page[JobOut]:
     """Jobs, newest first."""
@@ -44,8 +44,9 @@ def get_job(job_id: int, session: SessionDep) -> JobOut:
 
 @router.post("/jobs/{job_id}/retry", response_model=JobOut, dependencies=[AdminDep])
 def retry(job_id: int, session: SessionDep) -> JobOut:
-    """Send a failed job again (admin); finished parts are not redone."""
+    """Send a job again (admin): a failed one, or one stuck queued or running on a worker
+    that died; finished parts are not redone."""
     job = JobRepository(session).get(job_id)
     if job is None:
         raise NotFoundError("job", job_id)
-    return job_out(retry_job(session, job, TASKS))
+    return job_out(retry_job(session, job))

@@ -54,8 +54,8 @@ def _send_pending(session: Session) -> None:
         try:
             send_now(task)
         except Exception:
-            # The job row is committed as queued; `microscope up` / resend_unfinished sends it
-            # again, so a broker outage loses nothing.
+            # The job row is committed as queued; the reconciler (backend/jobs/reconcile.py)
+            # sends it again, so a broker outage loses nothing.
             log.exception("could not send job %s to the broker", task.job_id)
 
 

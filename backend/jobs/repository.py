@@ -8,6 +8,7 @@ from sqlalchemy import and_, func, or_, select
 from sqlalchemy.orm import Session
 
 from backend.db.models import Job
+from backend.limits import storable_id
 from contracts.jobs import (
     IN_FLIGHT_STATES,
     FeatvisBulkParams,
@@ -22,6 +23,8 @@ class JobRepository:
         self.session = session
 
     def get(self, job_id: int) -> Job | None:
+        if not storable_id(job_id):
+            return None
         return self.session.get(Job, job_id)
 
     def get_by_dedupe_key(self, key: str) -> Job | None:

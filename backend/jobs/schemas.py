@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, field_validator
 
 from backend.db.models import Job
+from backend.redact import scrub, scrub_values
 from contracts.jobs import JobState
 
 
@@ -28,8 +29,15 @@ class JobOut(BaseModel):
     finished_at: datetime | None
     url: str
 
+    @field_validator("created_at", "started_at", "finished_at")
+    @classmethod
+    def _utc(cls, t: datetime | None) -> datetime | None:
+        # SQLite hands back naive datetimes (written in UTC): say so, as RFC 3339 requires.
+        return t.replace(tzinfo=UTC) if t is not None and t.tzinfo is None else t
+
 
 def job_out(job: Job) -> JobOut:
+    """A job as anyone may see it: errors and parameters name no server paths."""
     pct = 100.0 * job.progress_done / job.progress_total if job.progress_total else 0.0
     if job.state == JobState.SUCCEEDED:
         pct = 100.0
@@ -37,13 +45,13 @@ def job_out(job: Job) -> JobOut:
         id=job.id,
         kind=job.kind,
         state=job.state,
-        params=job.params,
+        params=scrub_values(job.params),
         queue=job.queue,
         progress_done=job.progress_done,
         progress_total=job.progress_total,
         percent=round(pct, 1),
-        message=job.message,
-        error=job.error,
+        message=scrub(job.message),
+        error=scrub(job.error),
         attempts=job.attempts,
         created_at=job.created_at,
         started_at=job.started_at,

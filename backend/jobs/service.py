@@ -8,8 +8,10 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from backend.db.base import utcnow
 from backend.db.models import Job
 from backend.jobs.enqueue import PendingTask, enqueue_after_commit
+from backend.jobs.reconcile import lease_expired, release, send_again
 from backend.jobs.repository import JobRepository
 from contracts.jobs import IN_FLIGHT_STATES, JobParams, JobState
 
@@ -59,30 +61,28 @@ def enqueue_job(
         job.error = None
         job.message = "retry requested"
         job.progress_done = 0
+        job.waiting_since = None
         session.flush()
+    # If the broker is away the job stays queued, and the reconciler sends it again later.
+    job.sent_at = utcnow()
     enqueue_after_commit(session, PendingTask(params.task, job.id, queue, priority))
     return job
 
 
-def resend_unfinished(session: Session, task_names: dict[str, str]) -> int:
-    """Send again every queued/running job (after a crash); tasks skip finished work."""
-    n = 0
-    for job in JobRepository(session).unfinished():
-        name = task_names.get(job.kind)
-        if name:
-            enqueue_after_commit(session, PendingTask(name, job.id, job.queue, job.priority))
-            n += 1
-    return n
-
-
-def retry_job(session: Session, job: Job, task_names: dict[str, str]) -> Job:
-    """Send a failed or cancelled job again (its task skips whatever is already done)."""
-    if job.state not in (JobState.FAILED, JobState.CANCELLED):
+def retry_job(session: Session, job: Job) -> Job:
+    """Send a job again: a failed or cancelled one, a queued one (its message may be lost), or
+    a running one whose worker stopped renewing its lease. A job running under a live lease,
+    or finished well, is returned as it is. Its task skips whatever is already done."""
+    now = utcnow()
+    if job.state in (JobState.FAILED, JobState.CANCELLED):
+        job.state = JobState.QUEUED
+        job.error = None
+        job.message = "retry requested"
+        job.waiting_since = None
+    elif job.state == JobState.RUNNING and lease_expired(job, now):
+        release(session, job, "retry requested: its worker stopped renewing its lease")
+    elif job.state != JobState.QUEUED:
         return job
-    name = task_names[job.kind]
-    job.state = JobState.QUEUED
-    job.error = None
-    job.message = "retry requested"
+    send_again(session, job, now)
     session.flush()
-    enqueue_after_commit(session, PendingTask(name, job.id, job.queue, job.priority))
     return job

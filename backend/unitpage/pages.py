@@ -26,6 +26,7 @@ from backend.deps import SessionDep, is_admin
 from backend.families.service import list_families, unit_families
 from backend.jobs.repository import JobRepository
 from backend.jobs.schemas import job_out
+from backend.limits import FollowedJob
 from backend.templating import templates
 
 # Mounted before the catalog's pages: their layer page's {layer:path} would match this path.
@@ -40,7 +41,7 @@ def unit_page(
     unit: int,
     session: SessionDep,
     view: str | None = Query(None, description="which tab opens"),
-    job_id: int | None = Query(None, alias="job", description="a job to follow live"),
+    job_id: FollowedJob = None,
 ) -> HTMLResponse:
     """A unit's permalink: its views as tabs, its label and families, a job followed live."""
     ctx = unit_context(request, session, model, layer, unit, view=view, job_id=job_id)

@@ -13,6 +13,12 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
+# The compose file names no password of its own: each comes from the environment.
+COMPOSE_SECRETS = {
+    "MICROSCOPE_ADMIN_TOKEN": "compose-test-token-0123",
+    "MINIO_ROOT_PASSWORD": "compose-test-minio-0123",
+    "FLOWER_BASIC_AUTH": "ops:compose-test-flower",
+}
 
 
 def test_web_app_imports_no_torch(tmp_path: Path) -> None:
@@ -143,7 +149,7 @@ def test_docker_compose_file_is_valid() -> None:
         capture_output=True,
         text=True,
         cwd=ROOT,
-        env={**os.environ, "MICROSCOPE_ADMIN_TOKEN": "compose-test-token-0123"},
+        env={**os.environ, **COMPOSE_SECRETS},
     )
     assert out.returncode == 0, out.stderr
     for service in ("postgres", "redis", "minio", "api", "worker", "flower"):

@@ -30,7 +30,7 @@ def catalog(session, settings):  # type: ignore[no-untyped-def]
 
 
 def sign_in(client) -> None:  # type: ignore[no-untyped-def]
-    r = client.get(f"/admin/login?token={ADMIN_TOKEN}", follow_redirects=False)
+    r = client.post("/admin/login", data={"token": ADMIN_TOKEN}, follow_redirects=False)
     assert r.status_code == 303 and "microscope_admin" in client.cookies
 
 

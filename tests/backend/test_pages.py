@@ -219,7 +219,7 @@ def test_missing_weight_views_can_be_computed_from_the_unit_page(client, session
 
     r = client.post("/models/tiny/blocks.1/3/weights", follow_redirects=False)
     assert r.status_code in (401, 403)
-    client.get(f"/admin/login?token={ADMIN_TOKEN}", follow_redirects=False)
+    client.post("/admin/login", data={"token": ADMIN_TOKEN}, follow_redirects=False)
     form = soup(client.get("/models/tiny/blocks.1/3?view=weights", headers=HTML))
     assert form.select_one("form[action='/models/tiny/blocks.1/3/weights'] button")
     r = client.post("/models/tiny/blocks.1/3/weights", follow_redirects=False)

@@ -40,7 +40,9 @@ def test_render_a_missing_view_and_watch_it_finish(
     unit = f"{server}/models/{tiny_model}/blocks.1/5"
     page.goto(unit)
     assert "Render now" not in page.content()  # not signed in: no write button
-    page.goto(f"{server}/admin/login?token={ADMIN_TOKEN}&next=/models/{tiny_model}/blocks.1/5")
+    page.goto(f"{server}/admin/login?next=/models/{tiny_model}/blocks.1/5")
+    page.fill("input[name=token]", ADMIN_TOKEN)
+    page.click("form[action='/admin/login'] button")
     page.wait_for_url(unit)
     assert page.locator(".tabs a.active").inner_text().startswith("Feature visualization")
     page.click("text=Render now")

@@ -131,7 +131,7 @@ def test_a_trained_facet_is_stored_listed_and_steers_a_render(
         assert a.shape == b.shape and np.abs(a.astype(int) - b.astype(int)).mean() > 1.0
 
     # The admin's unit page offers the facet and captions its render.
-    client.get(f"/admin/login?token={ADMIN_TOKEN}", follow_redirects=False)
+    client.post("/admin/login", data={"token": ADMIN_TOKEN}, follow_redirects=False)
     page = client.get(f"/models/{SLUG}/blocks.4/2?view=featvis", headers={"Accept": "text/html"})
     assert (
         '<select name="facet"><option value="">none</option><option>red-stripes</option>'
@@ -200,7 +200,7 @@ def test_the_model_page_trains_a_facet_and_lists_it(settings, ready_model, datas
     r = client.post(f"/models/{SLUG}/facets", data={"name": "x", "dataset": "stripes"})
     assert r.status_code == 401  # ...and cannot post one
 
-    client.get(f"/admin/login?token={ADMIN_TOKEN}", follow_redirects=False)
+    client.post("/admin/login", data={"token": ADMIN_TOKEN}, follow_redirects=False)
     form = {"name": "Red stripes", "dataset": "stripes", "generic": "stripes", "layer": ""}
     bad = client.post(f"/models/{SLUG}/facets", data=form, headers=html)
     assert bad.status_code == 422

@@ -10,6 +10,9 @@ import numpy as np
 from PIL import Image, ImageCms, UnidentifiedImageError
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp"})
+# Bytes a dataset image may take (file or tar member), read at most; larger is "too large".
+# The import passes the MAX_IMAGE_MB setting; this is the same default.
+DEFAULT_MAX_BYTES = 64 * 2**20
 # Pillow's own default limit (Image.MAX_IMAGE_PIXELS), applied per call instead of globally.
 DEFAULT_MAX_PIXELS = 89_478_485
 # Transparent pixels become mid-gray: it sits near every model's normalisation mean (0.5 for
@@ -23,7 +26,24 @@ class BadImage(Exception):
 
     def __init__(self, reason: str, detail: str = "") -> None:
         super().__init__(f"{reason}: {detail}" if detail else reason)
-        self.reason = reason  # corrupt | truncated | not an image | decompression bomb | empty
+        # corrupt | truncated | not an image | decompression bomb | empty | too large
+        self.reason = reason
+
+
+def too_large(size: int, max_bytes: int) -> BadImage:
+    return BadImage("too large", f"{size} bytes > {max_bytes}")
+
+
+def read_capped(path: Path, max_bytes: int = DEFAULT_MAX_BYTES) -> bytes:
+    """A file's bytes, or BadImage("too large") without reading more than ``max_bytes``."""
+    size = path.stat().st_size
+    if size > max_bytes:
+        raise too_large(size, max_bytes)
+    with path.open("rb") as f:
+        data = f.read(max_bytes + 1)  # a file that grew since stat still stops here
+    if len(data) > max_bytes:
+        raise too_large(len(data), max_bytes)
+    return data
 
 
 def list_images(root: Path) -> list[Path]:

@@ -11,14 +11,24 @@ from __future__ import annotations
 import tarfile
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
+from functools import partial
 from pathlib import Path, PurePosixPath
 
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from workers.ml.images import IMAGE_EXTENSIONS, list_images
+from workers.ml.images import (
+    DEFAULT_MAX_BYTES,
+    IMAGE_EXTENSIONS,
+    BadImage,
+    list_images,
+    read_capped,
+    too_large,
+)
 
 SEP = "::"
+# Reads one image's bytes; raises BadImage("too large") for one over the size cap.
+Reader = Callable[[], bytes]
 
 
 def _is_image(name: str) -> bool:
@@ -30,22 +40,48 @@ def list_tars(root: Path) -> list[Path]:
     return sorted(p for p in root.rglob("*.tar") if p.is_file() and not p.name.startswith("."))
 
 
-def iter_tar(root: Path, tar_rel: str) -> Iterator[tuple[str, bytes]]:
-    """(image name, bytes) for each image member of one shard, in stored order."""
+def _refuse(error: BadImage) -> bytes:
+    raise error
+
+
+def iter_tar_members(
+    root: Path, tar_rel: str, max_bytes: int = DEFAULT_MAX_BYTES
+) -> Iterator[tuple[str, Reader]]:
+    """(image name, reader) for each image member of one shard, in stored order. A member
+    over ``max_bytes`` is never read: its reader raises BadImage("too large")."""
     with tarfile.open(root / tar_rel, mode="r|") as tf:  # streaming: one pass, no seeks
         for m in tf:
-            if m.isfile() and _is_image(m.name):
-                f = tf.extractfile(m)
-                if f is not None:
-                    yield f"{tar_rel}{SEP}{m.name}", f.read()
+            if not (m.isfile() and _is_image(m.name)):
+                continue
+            name = f"{tar_rel}{SEP}{m.name}"
+            if m.size > max_bytes:  # the stream skips its data unread
+                yield name, partial(_refuse, too_large(m.size, max_bytes))
+                continue
+            f = tf.extractfile(m)
+            if f is not None:
+                data = f.read()  # must be read now: the stream moves on
+                yield name, partial(bytes, data)
 
 
-def iter_sources(root: Path) -> Iterator[tuple[str, bytes | Path]]:
-    """Every image of the dataset: loose files (as paths) then each tar shard's members."""
+def iter_tar(
+    root: Path, tar_rel: str, max_bytes: int = DEFAULT_MAX_BYTES
+) -> Iterator[tuple[str, bytes]]:
+    """(image name, bytes) for each image member of one shard, in stored order; members over
+    ``max_bytes`` are left out (the import skipped them as too large)."""
+    for name, read in iter_tar_members(root, tar_rel, max_bytes):
+        try:
+            yield name, read()
+        except BadImage:
+            continue
+
+
+def iter_sources(root: Path, max_bytes: int = DEFAULT_MAX_BYTES) -> Iterator[tuple[str, Reader]]:
+    """Every image of the dataset, as (name, reader): loose files, then each tar shard's
+    members. No reader returns more than ``max_bytes``."""
     for p in list_images(root):
-        yield p.relative_to(root).as_posix(), p
+        yield p.relative_to(root).as_posix(), partial(read_capped, p, max_bytes)
     for tar in list_tars(root):
-        yield from iter_tar(root, tar.relative_to(root).as_posix())
+        yield from iter_tar_members(root, tar.relative_to(root).as_posix(), max_bytes)
 
 
 def count_sources(root: Path) -> int:
@@ -62,18 +98,21 @@ def shard_of(name: str) -> str | None:
     return name.split(SEP, 1)[0] if SEP in name else None
 
 
-def read_images(root: Path, names: list[str]) -> dict[str, bytes]:
-    """Bytes of many images by name, reading each tar shard once, in one streaming pass."""
+def read_images(
+    root: Path, names: list[str], max_bytes: int = DEFAULT_MAX_BYTES
+) -> dict[str, bytes]:
+    """Bytes of many images by name, reading each tar shard once, in one streaming pass
+    (none over ``max_bytes``: BadImage("too large"))."""
     out: dict[str, bytes] = {}
     by_tar: dict[str, set[str]] = defaultdict(set)
     for n in names:
         tar = shard_of(n)
         if tar is None:
-            out[n] = (root / n).read_bytes()
+            out[n] = read_capped(root / n, max_bytes)
         else:
             by_tar[tar].add(n)
     for tar, wanted in by_tar.items():
-        for name, data in iter_tar(root, tar):
+        for name, data in iter_tar(root, tar, max_bytes):
             if name in wanted:
                 out[name] = data
     missing = [n for n in names if n not in out]

@@ -52,11 +52,12 @@ def import_folder(session: Session, job: Job, progress: Progress) -> str:
         )
     }
     skipped: Counter[str] = Counter()
-    for pos, (rel, src) in enumerate(iter_sources(root)):
+    max_bytes = get_settings().max_image_mb * 2**20
+    for pos, (rel, read) in enumerate(iter_sources(root, max_bytes)):
         if rel in done:
             continue
         try:
-            data = src if isinstance(src, bytes) else src.read_bytes()
+            data = read()  # over max_bytes: BadImage("too large"), unread
             img = load_rgb(data)
         except BadImage as e:
             skipped[e.reason] += 1

@@ -22,7 +22,6 @@ from contracts.artifacts import DatasetExamples, RankedStrings
 from contracts.jobs import (
     TASK_RENDERED_WORDS,
     TASK_TEXT_VIEWS,
-    JobState,
     MineExamplesParams,
     RenderedWordsParams,
     TextViewsParams,
@@ -47,7 +46,7 @@ from workers.ml.text.textfv import (
 from workers.ml.text.unit_vectors import head_outputs
 from workers.ml.text.words import top_words, word_activations
 from workers.tasks.artifacts import publish, publish_json
-from workers.tasks.jobrun import Progress, Waiting, job_task, params_of
+from workers.tasks.jobrun import Progress, Waiting, job_task, params_of, settled
 from workers.tasks.mining import BATCH, Plan, make_plan
 from workers.tasks.runtime import cached_model, device, ready_model
 
@@ -65,14 +64,14 @@ WORDS_BATCH = 256  # rendered words per progress report
 
 
 def _mining_done(session: Session, model_id: int, dataset_id: int) -> bool:
+    """True once the dataset examples exist; DependencyFailed when their mining failed."""
     jobs = session.scalars(
-        select(Job).where(Job.kind == "mine_examples", Job.model_id == model_id)
+        select(Job).where(Job.kind == "mine_examples", Job.model_id == model_id).order_by(Job.id)
     ).all()
-    return any(
-        j.state == JobState.SUCCEEDED
-        and MineExamplesParams.model_validate(j.params).dataset_id == dataset_id
-        for j in jobs
-    )
+    mined = [
+        j for j in jobs if MineExamplesParams.model_validate(j.params).dataset_id == dataset_id
+    ]
+    return settled(mined, "mining the dataset examples")
 
 
 @dataclass
