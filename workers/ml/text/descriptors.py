@@ -5,7 +5,7 @@ by words whose match to an image can be measured from the pixels alone: "how wel
 descriptor d match crop x" is a number, computed here with numpy and scipy (no model).
 
 Every descriptor is a function of the means, over the crop, of a few per-pixel maps (luminance,
-hue-weighted chroma, oriented gradient energy, band-pass energy, Hessian blob and saddle
+opponent colour, chroma, oriented gradient energy, band-pass energy, Hessian blob and saddle
 responses). The maps are computed once per image and summed over any box through an integral
 image, so the crops of thousands of units cost one lookup each (``measure_boxes``); ``measure``
 is the same measurement on one crop on its own.
@@ -20,18 +20,18 @@ from scipy import ndimage
 
 Box = tuple[int, int, int, int]  # (top, left, bottom, right), bottom/right exclusive
 
-# Hue words: centre hue in degrees (HSV) and the half-width of their triangular window.
+# Hue words: their direction (degrees) in the opponent-colour plane (a, b) below, where red is
+# 0, yellow 60, green 120, cyan 180, blue 240 and magenta 300 (the HSV hue circle).
 HUES: dict[str, float] = {
     "red": 0.0,
     "orange": 30.0,
-    "yellow": 55.0,
+    "yellow": 60.0,
     "green": 120.0,
     "cyan": 180.0,
-    "blue": 225.0,
-    "purple": 275.0,
-    "pink": 320.0,
+    "blue": 240.0,
+    "purple": 270.0,
+    "pink": 330.0,
 }
-HUE_HALF_WIDTH = 40.0
 EPS = 1e-6
 GRAD_SIGMA = 1.0  # Gaussian-derivative scale of the edge maps, in input pixels
 FINE_BAND = (0.5, 1.5)  # difference-of-Gaussians band of "fine detail"
@@ -43,7 +43,8 @@ _MAPS = (
     "lum",
     "lum2",
     "chroma",
-    *(f"hue:{h}" for h in HUES),
+    "opp_a",
+    "opp_b",
     "grad",
     "vertical",
     "horizontal",
@@ -82,27 +83,16 @@ KINDS: dict[str, str] = {
 WORDS: tuple[str, ...] = tuple(KINDS)
 
 
-def _hue_weights(hue: np.ndarray, centre: float) -> np.ndarray:
-    """Triangular window on the hue circle (degrees): 1 at ``centre``, 0 beyond the half-width."""
-    d = np.abs((hue - centre + 180.0) % 360.0 - 180.0)
-    return np.clip(1.0 - d / HUE_HALF_WIDTH, 0.0, 1.0)
-
-
 def base_maps(rgb: np.ndarray) -> np.ndarray:
     """(H, W, 3) RGB in [0, 1] -> (M, H, W) float64 per-pixel maps (``_MAPS`` order)."""
     x = np.clip(np.asarray(rgb, dtype=np.float64), 0.0, 1.0)  # (H, W, 3)
     r, g, b = x[..., 0], x[..., 1], x[..., 2]
     lum = 0.299 * r + 0.587 * g + 0.114 * b  # (H, W)
-    hi, lo = x.max(-1), x.min(-1)
-    chroma = hi - lo  # (H, W) 0 for greys, 1 for a pure hue
-    # HSV hue in degrees, from the chroma hexagon.
-    safe = np.where(chroma > 0, chroma, 1.0)
-    hue = np.where(
-        hi == r,
-        ((g - b) / safe) % 6.0,
-        np.where(hi == g, (b - r) / safe + 2.0, (r - g) / safe + 4.0),
-    ) * 60.0  # (H, W)
-    hues = [chroma * _hue_weights(hue, c) for c in HUES.values()]
+    chroma = x.max(-1) - x.min(-1)  # (H, W) 0 for greys, 1 for a pure hue
+    # Opponent-colour coordinates: a hue word's measure is the colour's projection on its
+    # direction, graded and signed (what a linear colour unit computes), not a hue window.
+    opp_a = r - 0.5 * (g + b)
+    opp_b = (np.sqrt(3.0) / 2.0) * (g - b)
     gx = ndimage.gaussian_filter(lum, GRAD_SIGMA, order=(0, 1))  # d/dx (columns)
     gy = ndimage.gaussian_filter(lum, GRAD_SIGMA, order=(1, 0))  # d/dy (rows, downwards)
     gxx, gyy, gxy = gx * gx, gy * gy, gx * gy
@@ -126,7 +116,8 @@ def base_maps(rgb: np.ndarray) -> np.ndarray:
         lum,
         lum * lum,
         chroma,
-        *hues,
+        opp_a,
+        opp_b,
         gxx + gyy,
         vertical,
         horizontal,
@@ -176,8 +167,9 @@ def describe(means: np.ndarray) -> np.ndarray:
     gxx, gyy, gxy = col("gxx"), col("gyy"), col("gxy")
     # Coherence of the crop's structure tensor: 1 when all its gradients share one direction.
     coherence = np.sqrt((gxx - gyy) ** 2 + 4.0 * gxy**2) / (gxx + gyy + EPS)
+    a, b = col("opp_a"), col("opp_b")
     values = {
-        **{h: col(f"hue:{h}") for h in HUES},
+        **{h: a * np.cos(np.deg2rad(t)) + b * np.sin(np.deg2rad(t)) for h, t in HUES.items()},
         "colourful": col("chroma"),
         "black and white": -col("chroma"),
         "bright": col("lum"),
