@@ -46,6 +46,34 @@ Objective = Literal["channel", "neuron", "negative", "diversity"]
 DEFAULT_WORDS = 10000  # dictionary words rendered and mined per model
 DEFAULT_CLIMB_UNITS = 8  # CLIP units per default layer whose token strings are hill-climbed
 DEFAULT_FEATVIS_STEPS = 512
+# Broad categories: concept words for labels (beside the model's class names) and the default
+# categories of conditional probability plots (a user can pass others).
+DEFAULT_CONCEPTS = (
+    "animal",
+    "bird",
+    "dog",
+    "cat",
+    "insect",
+    "fish",
+    "plant",
+    "flower",
+    "fruit",
+    "food",
+    "vehicle",
+    "building",
+    "furniture",
+    "tool",
+    "clothing",
+    "person",
+    "text",
+    "sky",
+    "water",
+    "landscape",
+)
+DEFAULT_BUCKETS = 12  # conditional probability plots: buckets over [min, max] activation
+DEFAULT_PER_BUCKET = 32  # images sampled per bucket, at most
+DEFAULT_ATTACK_WORDS = 8  # typographic attacks: words written on the photos
+DEFAULT_ATTACK_PHOTOS = 48  # photos each word is written on
 # A layer selection: "default" (the model's default layers) or explicit layer names.
 LayerSelection = Literal["default"] | list[str]
 

@@ -7,6 +7,8 @@ from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from backend.catalog.labels import LabelOut
+
 T = TypeVar("T")
 
 
@@ -119,6 +121,15 @@ class UnitOut(BaseModel):
     label: str | None
     label_source: str | None
     label_confidence: float | None
+    labels: list[LabelOut] = Field(
+        default=[], description="the labels shown, each with its fidelity; empty: unlabelled"
+    )
+    label_guesses: list[LabelOut] = Field(
+        default=[], description="the best candidate labels and their fidelity, shown or not"
+    )
+    label_threshold: float | None = Field(
+        None, description="the fidelity a label needs to be shown (measured per run)"
+    )
     url: str
     api_url: str
     prev_url: str | None

@@ -8,6 +8,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from backend import urls
+from backend.catalog.labels import label_guesses, label_score, label_threshold, shown_labels
 from backend.catalog.repository import CatalogRepository
 from backend.catalog.schemas import ArtifactOut, LayerOut, ModelOut, UnitOut
 from backend.db.models import Artifact, Job, Layer, Model, Unit
@@ -140,6 +141,9 @@ def unit_out(
         label=unit.label,
         label_source=unit.label_source,
         label_confidence=unit.label_confidence,
+        labels=shown_labels(unit),
+        label_guesses=label_guesses(unit),
+        label_threshold=label_threshold(unit),
         url=urls.unit_url(model.slug, layer.name, i),
         api_url=urls.api_unit_url(model.slug, layer.name, i),
         prev_url=urls.unit_url(model.slug, layer.name, i - 1) if i > 0 else None,
@@ -211,6 +215,7 @@ def list_units(
         {
             "index": u.index,
             "label": u.label,
+            "label_score": label_score(u),
             "url": urls.unit_url(model.slug, layer.name, u.index),
             "api_url": urls.api_unit_url(model.slug, layer.name, u.index),
             "thumbnail": thumbs.get(u.index),

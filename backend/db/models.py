@@ -94,7 +94,12 @@ class Unit(Base):
     index: Mapped[int] = mapped_column(Integer)
     label: Mapped[str | None] = mapped_column(String(256))
     label_source: Mapped[str | None] = mapped_column(String(32))  # auto | admin
+    # auto: the first shown label's fidelity (Spearman on held-out images); admin: 1.0
     label_confidence: Mapped[float | None] = mapped_column(Float)
+    # {"labels": [{text, kind, score, selection}], "guesses": [...], "threshold", "heldout"}:
+    # the labels shown with their fidelity, the best candidates (shown when the unit
+    # abstains) and the bar; written by the text views' labels step.
+    label_scores: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
 
 
 class Dataset(TimestampMixin, Base):

@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 
 from backend import urls
 from backend.catalog import service as catalog
+from backend.catalog.labels import label_score
 from backend.db.models import Artifact, Family, FamilyMember, Layer, Model, Unit
 from backend.errors import InvalidInput, NotFoundError, NotReady
 from backend.storage import NotFound, ObjectStore
@@ -48,6 +49,7 @@ class Card(BaseModel):
     layer: str
     unit: int
     label: str | None
+    label_score: float | None = Field(None, description="the label's fidelity (None: unscored)")
     note: str | None = None
     url: str
     thumbnail: str | None
@@ -115,6 +117,7 @@ def cards(session: Session, rows: Sequence[tuple[Model, Layer, Unit, str | None]
             layer=layer.name,
             unit=unit.index,
             label=unit.label,
+            label_score=label_score(unit),
             note=note,
             url=urls.unit_url(m.slug, layer.name, unit.index),
             thumbnail=thumbs.get((layer.id, unit.index)),
@@ -229,6 +232,8 @@ def set_label(session: Session, model: str, layer: str, index: int, label: str |
     unit.label = label.strip() if label and label.strip() else None
     unit.label_source = "admin" if unit.label else None
     unit.label_confidence = 1.0 if unit.label else None
+    # The scores were the earlier labels': this one is scored at the next labels run.
+    unit.label_scores = {**(unit.label_scores or {}), "labels": []}
     session.flush()
     return unit
 

@@ -26,6 +26,7 @@ from contracts.jobs import (
 from contracts.spec import slugify
 from workers.tasks.artifacts import publish, publish_ranked
 from workers.tasks.jobrun import Progress, Waiting, job_task, params_of, ready_model
+from workers.tasks.labels import label_units
 from workers.tasks.mining import BATCH, _device, _loader_fn, cached_model, make_plan
 
 TOP_EXAMPLES = 8  # a unit's text vector: the head's mean output over its top examples
@@ -53,13 +54,13 @@ def _mining_done(session: Session, model_id: int, dataset_id: int) -> bool:
 
 def text_views(session: Session, job: Job, progress: Progress) -> str:
     """Unit text vectors from the head's output over each unit's top dataset examples, then
-    the search index, each unit's top strings, automatic labels and proposed families; for
+    the search index, each unit's top strings, labels scored on held-out images (shown only
+    above a measured bar) and proposed families; for
     CLIP, token strings hill-climbed for the first ``climb_units`` units of each layer."""
     from workers.ml.mining import make_loader
     from workers.ml.text.families import propose_families
     from workers.ml.text.heads import NoTextHead, make_text_head
     from workers.ml.text.index import search_index_arrays, unit_text_vectors
-    from workers.ml.text.labels import auto_labels
     from workers.ml.text.textfv import build_vocabulary, dictionary_words, top_strings
     from workers.ml.text.unit_vectors import head_outputs
 
@@ -140,24 +141,14 @@ def text_views(session: Session, job: Job, progress: Progress) -> str:
     )
 
     session.commit()  # progress writes in its own transaction: never while holding the lock
-    progress(3, 6, "text feature visualizations and labels")
-    classes = loaded.class_names or []
-    row = {int(i): r for r, i in enumerate(ids.tolist())}
-    predicted = outputs.argmax(dim=1).tolist() if classes else []
+    progress(3, 6, "text feature visualizations")
     units_by_key = {
         (u.layer_id, u.index): u
         for u in session.scalars(select(Unit).where(Unit.layer_id.in_([x.id for x in layers])))
     }
     for layer in layers:
         tops = top_strings(text[layer.module_path], vocab_emb, vocab, k=16)
-        examples = [
-            [classes[predicted[row[i]]] for i in r.tolist() if i >= 0 and i in row]
-            if classes
-            else []
-            for r in top_ids[layer.module_path]
-        ]
-        labels = auto_labels(tops, examples, head.encode)
-        for u, (strings, (label, conf)) in enumerate(zip(tops, labels, strict=True)):
+        for u, strings in enumerate(tops):
             publish_ranked(
                 session,
                 store,
@@ -168,10 +159,10 @@ def text_views(session: Session, job: Job, progress: Progress) -> str:
                 params=params,
                 ranked=strings,
             )
-            unit = units_by_key.get((layer.id, u))
-            if unit is not None and unit.label_source != "admin" and label:
-                unit.label, unit.label_source, unit.label_confidence = label, "auto", conf
         session.commit()
+
+    progress(3, 6, "labels scored on held-out images")
+    labelled = label_units(session, plan, loaded, head, units_by_key, progress)
 
     session.commit()
     progress(4, 6, "families")
@@ -221,7 +212,10 @@ def text_views(session: Session, job: Job, progress: Progress) -> str:
             candidates=CLIMB_CANDIDATES,
         )
     climbs = f", {climbed} climbed" if climbed else ""
-    return f"{int(vecs.shape[0])} units, {len(vocab)} strings{climbs}, {len(proposals)} families"
+    return (
+        f"{int(vecs.shape[0])} units ({labelled} labelled), {len(vocab)} strings{climbs}, "
+        f"{len(proposals)} families"
+    )
 
 
 def _climb_strings(

@@ -22,7 +22,15 @@ import torch
 import torch.nn.functional as F
 
 from workers.ml.text import descriptors
-from workers.ml.text.fidelity import partial_spearman, spearman, unit_fidelity
+from workers.ml.text.evidence import Evidence
+from workers.ml.text.fidelity import (
+    heldout_mask,
+    null_scores,
+    null_threshold,
+    partial_spearman,
+    spearman,
+    unit_fidelity,
+)
 
 Encoder = Callable[[Sequence[str]], torch.Tensor]  # texts -> (T, D) normalised
 
@@ -96,6 +104,33 @@ class UnitLabels:
     guesses: list[Scored]
 
 
+@dataclass
+class LabelRun:
+    """Labels of every layer of one pass, the bar they cleared and how it was measured."""
+
+    threshold: float
+    null_units: int  # shuffled units the bar was measured on
+    heldout: np.ndarray  # (N,) bool
+    units: dict[str, list[UnitLabels]]  # layer path -> per unit
+
+
+def label_layers(
+    ev: Evidence, match: np.ndarray | None, concepts: Sequence[str], seed: int = 0
+) -> LabelRun:
+    """Labels for every layer of ``ev`` with one bar: the null quantile over all its layers'
+    shuffled units (``fidelity.null_scores``)."""
+    held = heldout_mask(ev.ids)
+    desc = ev.desc or {}
+    null = np.concatenate(
+        [null_scores(a, desc.get(p), match, held, seed) for p, a in ev.acts.items()]
+    )
+    thr = null_threshold(null)
+    units = {
+        p: choose_labels(a, desc.get(p), match, concepts, held, thr) for p, a in ev.acts.items()
+    }
+    return LabelRun(thr, len(null), held, units)
+
+
 def choose_labels(
     acts: np.ndarray,
     desc: np.ndarray | None,
@@ -134,6 +169,8 @@ def choose_labels(
         y = acts[:, u]
         order = [int(c) for c in np.argsort(-f_sel[u], kind="stable")[:TOP_CANDIDATES]]
         best_desc = int(np.argmax(f_sel[u, :n_desc])) if n_desc else None
+        if best_desc is not None and best_desc not in order:
+            order.append(best_desc)  # the yardstick concepts are held to is always a guess
         kept = []
         for c in order:
             if c >= n_desc and best_desc is not None:
