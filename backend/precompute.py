@@ -12,6 +12,7 @@ from backend.errors import InvalidInput
 from backend.jobs.service import enqueue_job
 from contracts.jobs import (
     DEFAULT_CLIMB_UNITS,
+    DEFAULT_OBJECTIVE,
     DEFAULT_WORDS,
     FEATVIS_OBJECTIVES,
     FeatvisBulkParams,
@@ -144,7 +145,7 @@ def queue_featvis_blocks(session: Session, model: Model, units_per_layer: int | 
                         model_id=model.id,
                         layer_id=layer.id,
                         units=(start, stop),
-                        objective="channel",
+                        objective=DEFAULT_OBJECTIVE,
                         steps=get_settings().featvis_steps,
                     ),
                     queue="gpu",
@@ -161,7 +162,7 @@ def request_featvis(
     model: Model,
     layer: Layer,
     unit: int,
-    objective: str = "channel",
+    objective: str = DEFAULT_OBJECTIVE,
     facet: str | None = None,
 ) -> Job:
     """One unit's render, asked for from its page: sent on the interactive queue.

@@ -40,9 +40,26 @@ TASK_TEXT_VIEWS = "microscope.text_views"
 TASK_RENDERED_WORDS = "microscope.rendered_words"
 TASK_TRAIN_FACET = "microscope.train_facet"
 TASK_WEIGHT_VIEWS = "microscope.weight_views"
+TASK_CONDPROB = "microscope.condprob"
+TASK_TYPOGRAPHIC = "microscope.typographic"
 
-FEATVIS_OBJECTIVES = ("channel", "neuron", "negative", "diversity")
-Objective = Literal["channel", "neuron", "negative", "diversity"]
+# Feature-visualization objectives. "channel" is Lucid's, Lucent's and Microscope's: the
+# channel's spatial mean. The default bulk render, "channel_top16", maximises the mean of the
+# unit's 16 strongest positions (it drives the unit's max, what dataset examples are ranked
+# by, higher; the spatial mean lower): a different objective under its own name.
+FEATVIS_OBJECTIVES = ("channel_top16", "channel", "neuron", "negative", "diversity")
+Objective = Literal["channel_top16", "channel", "neuron", "negative", "diversity"]
+DEFAULT_OBJECTIVE: Objective = "channel_top16"
+# The renders that stand for a unit (grid thumbnails, cards), preferred first.
+CHANNEL_VARIANTS = ("channel_top16", "channel")
+# What each objective maximises, as pages say beside every image it made.
+OBJECTIVE_TITLES = {
+    "channel_top16": "the mean of the unit's 16 strongest positions",
+    "channel": "the channel's spatial mean (Lucid's channel objective)",
+    "neuron": "the activation at the centre position",
+    "negative": "minus the mean of the unit's 16 lowest positions",
+    "diversity": "the top-16 mean of 4 images pushed apart",
+}
 DEFAULT_WORDS = 10000  # dictionary words rendered and mined per model
 DEFAULT_CLIMB_UNITS = 8  # CLIP units per default layer whose token strings are hill-climbed
 DEFAULT_FEATVIS_STEPS = 512
@@ -154,7 +171,7 @@ class FeatvisParams(JobParams):
     model_id: int
     layer_id: int
     units: tuple[int, int]  # [start, stop)
-    objective: Objective = "channel"
+    objective: Objective = DEFAULT_OBJECTIVE
     steps: int = Field(default=DEFAULT_FEATVIS_STEPS, ge=1)
     facet: str | None = None  # the facet's artifact variant ("facet-<name>")
     facet_probe: str | None = None  # the probe's params hash: a retrained facet renders again

@@ -22,7 +22,7 @@ from backend.precompute import (
     request_weight_views,
 )
 from backend.templating import templates
-from contracts.jobs import JobState
+from contracts.jobs import DEFAULT_OBJECTIVE, FEATVIS_OBJECTIVES, JobState
 
 router = APIRouter(include_in_schema=False)
 api = APIRouter(prefix=urls.API, tags=["models"])
@@ -46,7 +46,7 @@ def render_from_page(
     layer: str,
     unit: int,
     session: SessionDep,
-    objective: str = Form("channel"),
+    objective: str = Form(DEFAULT_OBJECTIVE),
     facet: str = Form(""),
 ) -> Response:
     m, lyr, _ = service.resolve_unit(session, model, layer, unit)
@@ -120,7 +120,7 @@ def render_unit(
     layer: str,
     unit: int,
     session: SessionDep,
-    objective: str = Query("channel", description="channel, neuron, negative or diversity"),
+    objective: str = Query(DEFAULT_OBJECTIVE, description=", ".join(FEATVIS_OBJECTIVES)),
     facet: str | None = Query(None, description="a trained facet's name: steer the render"),
 ) -> dict:
     """Render a unit's feature visualization now (ahead of bulk work); returns the job."""

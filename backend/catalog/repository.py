@@ -8,6 +8,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from backend.db.models import Artifact, Layer, Model, Unit
+from contracts.jobs import CHANNEL_VARIANTS
 
 
 class CatalogRepository:
@@ -64,7 +65,7 @@ class CatalogRepository:
             .where(
                 Artifact.layer_id == layer_id,
                 Artifact.unit_index < n,
-                ((Artifact.kind == "featvis") & (Artifact.variant == "channel"))
+                ((Artifact.kind == "featvis") & Artifact.variant.in_(CHANNEL_VARIANTS))
                 | ((Artifact.kind == "example_crop") & (Artifact.variant == "thumb")),
             )
             .order_by(Artifact.unit_index)

@@ -190,8 +190,8 @@ def unit_view(session: Session, model_slug: str, layer_name: str, index: int) ->
 
 
 GRID_VIEWS = {
-    "auto": (("featvis", "channel"), ("example_crop", "thumb")),
-    "featvis": (("featvis", "channel"),),
+    "auto": (("featvis", "channel_top16"), ("featvis", "channel"), ("example_crop", "thumb")),
+    "featvis": (("featvis", "channel_top16"), ("featvis", "channel")),
     "examples": (("example_crop", "thumb"),),
     "weights": (("weights_nmf", "rgb"),),
     "label": (),

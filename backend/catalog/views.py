@@ -43,6 +43,14 @@ def group_views(by_kind: dict[str, list[ArtifactOut]]) -> dict[str, dict[str, li
     return views
 
 
+def featvis_objective(a: ArtifactOut) -> str:
+    """The objective that made a feature visualization. Renders from before the top-16
+    objective had its own name recorded "channel" with 16 top positions."""
+    params = a.provenance.get("params") or {}
+    name = str(params.get("objective") or a.variant.split("-")[0])
+    return "channel_top16" if name == "channel" and params.get("top_positions") else name
+
+
 def _key(url: str) -> str:
     return url.removeprefix("/objects/")
 

@@ -27,7 +27,7 @@ ARTIFACT_KINDS = {
     "example_crop": "a crop around an example's receptive field (WebP)",
     "example_heatmap": "an example crop with the unit's activation overlaid (WebP)",
     "histogram": "per-unit activation histogram and statistics (JSON)",
-    "featvis": "feature visualization: channel/neuron/negative/diversity/facet variants (WebP)",
+    "featvis": "feature visualization, one variant per objective, or a facet's (WebP)",
     "text_fv": "text feature visualization: the unit's top strings (JSON)",
     "rendered_words": "the unit's top rendered words (JSON)",
     "weights_nmf": "NMF-RGB view of the unit's weights (PNG); per layer, its factors (JSON)",

@@ -17,6 +17,7 @@ from backend.db.models import Artifact, Family, FamilyMember, Layer, Model, Unit
 from backend.errors import InvalidInput, NotFoundError, NotReady
 from backend.storage import NotFound, ObjectStore
 from backend.textsearch import TextIndex, load_index
+from contracts.jobs import CHANNEL_VARIANTS
 from contracts.spec import slugify
 
 
@@ -95,15 +96,26 @@ def _thumbs(session: Session, pairs: Sequence[tuple[int, int]]) -> dict[tuple[in
         return {}
     layer_ids = {lid for lid, _ in pairs}
     rows = session.execute(
-        select(Artifact.layer_id, Artifact.unit_index, Artifact.kind, Artifact.storage_key).where(
+        select(
+            Artifact.layer_id,
+            Artifact.unit_index,
+            Artifact.kind,
+            Artifact.variant,
+            Artifact.storage_key,
+        ).where(
             Artifact.layer_id.in_(layer_ids),
             Artifact.unit_index.in_({u for _, u in pairs}),
-            ((Artifact.kind == "featvis") & (Artifact.variant == "channel"))
+            ((Artifact.kind == "featvis") & Artifact.variant.in_(CHANNEL_VARIANTS))
             | ((Artifact.kind == "example_crop") & (Artifact.variant == "thumb")),
         )
     ).all()
     out: dict[tuple[int, int], str] = {}
-    for lid, u, _kind, key in sorted(rows, key=lambda r: r[2] != "featvis"):
+    # A feature visualization first, the default render before the others.
+    def rank(row: Any) -> tuple[bool, int]:
+        order = CHANNEL_VARIANTS.index(row[3]) if row[3] in CHANNEL_VARIANTS else 9
+        return row[2] != "featvis", order
+
+    for lid, u, _kind, _variant, key in sorted(rows, key=rank):
         if lid is not None and u is not None:
             out.setdefault((lid, u), urls.object_url(key))
     return out

@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session
 
 from backend.db.models import Artifact, Layer, Model, Unit
 from backend.storage import NotFound, ObjectStore
+from contracts.jobs import CHANNEL_VARIANTS
 from workers.tasks.artifacts import publish
 
 CELL = 112  # tile size of the example sheets (workers/tasks/mining.py)
@@ -44,7 +45,7 @@ def refresh_card(
         )
     ).all()
     keys = {(k, v): key for k, v, key in arts}
-    fv_key = keys.get(("featvis", "channel"))
+    fv_key = next((keys[("featvis", v)] for v in CHANNEL_VARIANTS if ("featvis", v) in keys), None)
     if examples is None:
         sheet = _image(store, keys.get(("example_crop", "top")))
         examples = sheet_tiles(sheet, CELL, 6) if sheet is not None else []
