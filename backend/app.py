@@ -15,6 +15,7 @@ from sqlalchemy.pool import StaticPool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from backend import objects
+from backend.analyses import api as analyses_api
 from backend.catalog import actions as catalog_actions
 from backend.catalog import api as catalog_api
 from backend.catalog import pages as catalog_pages
@@ -137,6 +138,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return _error(request, 422, "invalid_input", detail)
 
     app.mount("/static", StaticFiles(directory=FRONTEND / "static"), name="static")
+    # Before the catalog's: its layer route's path parameter would take ".../units/N/condprob".
+    app.include_router(analyses_api.router)
     app.include_router(catalog_api.router)
     app.include_router(catalog_actions.api)
     app.include_router(datasets_api.router)
@@ -144,6 +147,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(families_api.router)
     app.include_router(objects.router)
     app.include_router(catalog_actions.router)
+    app.include_router(analyses_api.pages)
     app.include_router(jobs_pages.router)
     app.include_router(families_pages.router)
     app.include_router(catalog_pages.router)

@@ -188,6 +188,37 @@ class WeightViewsParams(JobParams):
     layers: LayerSelection = "default"
 
 
+class CondProbParams(JobParams):
+    """Conditional probability plots: per unit, the share of each concept among images
+    sampled from uniform buckets of its activation range."""
+
+    kind: ClassVar[str] = "condprob"
+    task: ClassVar[str] = TASK_CONDPROB
+    model_id: int
+    dataset_id: int
+    layers: LayerSelection = "default"
+    concepts: list[str] = Field(default=list(DEFAULT_CONCEPTS), min_length=2, max_length=40)
+    buckets: int = Field(default=DEFAULT_BUCKETS, ge=2, le=50)
+    per_bucket: int = Field(default=DEFAULT_PER_BUCKET, ge=1, le=1000)
+
+    @property
+    def layer_names(self) -> list[str] | None:
+        """Explicit layer names, or None for the model's default layers."""
+        return None if self.layers == "default" else list(self.layers)
+
+
+class TypographicParams(JobParams):
+    """Typographic attacks: words pasted onto photos; how the prediction and units move."""
+
+    kind: ClassVar[str] = "typographic"
+    task: ClassVar[str] = TASK_TYPOGRAPHIC
+    model_id: int
+    dataset_id: int
+    words: list[str] | None = Field(default=None, max_length=40)  # None: chosen from classes
+    n_words: int = Field(default=DEFAULT_ATTACK_WORDS, ge=1, le=40)
+    photos: int = Field(default=DEFAULT_ATTACK_PHOTOS, ge=1, le=2000)
+
+
 class TrainFacetParams(JobParams):
     kind: ClassVar[str] = "train_facet"
     task: ClassVar[str] = TASK_TRAIN_FACET
@@ -212,6 +243,8 @@ PARAMS_OF_KIND: dict[str, type[JobParams]] = {
         FeatvisParams,
         WeightViewsParams,
         TrainFacetParams,
+        CondProbParams,
+        TypographicParams,
     )
 }
 # job kind -> task name, used to send unfinished jobs again after a crash.

@@ -14,4 +14,6 @@ app.conf.imports = (
     "workers.tasks.facets",
     "workers.tasks.text",
     "workers.tasks.weights",
+    "workers.tasks.condprob",
+    "workers.tasks.typographic",
 )

@@ -164,8 +164,9 @@ class UnitView:
 
 
 # Layer-wide artifacts listed with each of the layer's units: the weight views' shared NMF
-# factors (what each colour reads) and SVD placement (every unit's coordinates).
-LAYER_KINDS_PER_UNIT = ("weights_nmf", "weights_svd")
+# factors (what each colour reads) and SVD placement (every unit's coordinates), and the
+# typographic attack's responses of every unit.
+LAYER_KINDS_PER_UNIT = ("weights_nmf", "weights_svd", "typographic")
 
 
 def resolve_unit(

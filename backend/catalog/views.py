@@ -23,11 +23,14 @@ VIEW_OF_KIND = {
     "rendered_words": "text",
     "weights_nmf": "weights",
     "weights_svd": "weights",
+    "condprob": "condprob",
+    "typographic": "text",
 }
 VIEW_TITLES = {
     "featvis": "Feature visualization",
     "examples": "Dataset examples",
     "text": "Text",
+    "condprob": "Conditional probability",
     "weights": "Weights",
     "other": "Other",
 }

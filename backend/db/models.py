@@ -36,6 +36,8 @@ ARTIFACT_KINDS = {
     "search_index": "per-model unit text vectors and vocabulary embeddings (npz)",
     "facet_probe": "per-model facet probe: a linear probe on a lower layer (safetensors)",
     "thumbnail": "a dataset image thumbnail (JPEG)",
+    "condprob": "per-unit conditional probability plot: concept shares per activation bucket",
+    "typographic": "typographic attack: per model its summary, per layer unit responses (JSON)",
 }
 
 class Model(TimestampMixin, Base):
