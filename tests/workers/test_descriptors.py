@@ -79,6 +79,7 @@ def test_frequency_and_texture_words() -> None:
     assert measure(noise)["fine detail"] > measure(ramp)["fine detail"]
     assert measure(ramp)["large shapes"] > measure(noise)["large shapes"]
     assert measure(ramp)["smooth"] > measure(noise)["smooth"]
+    assert measure(noise)["edges"] > measure(ramp)["edges"]
     assert measure(grating(0))["stripes"] > measure(noise)["stripes"]
     # Dots: bright blobs on a dark ground; a checkerboard: saddles at every corner.
     blobs = 0.1 + 0.8 * np.exp(-(((x * S) % 12 - 6) ** 2 + ((y * S) % 12 - 6) ** 2) / 6.0)

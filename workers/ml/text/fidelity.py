@@ -10,6 +10,8 @@ units whose activations were shuffled across images (``null_threshold``).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 from scipy.stats import rankdata
 
@@ -39,6 +41,47 @@ def spearman(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return standard_ranks(x).T @ standard_ranks(y)
 
 
+@dataclass
+class Ranked:
+    """Standard ranks (``standard_ranks``) of one set of rows: each unit's activations, its
+    descriptors and the concept matches. A candidate c of unit u is descriptor c (c < D),
+    else concept c - D."""
+
+    acts: np.ndarray  # (N, U)
+    desc: np.ndarray | None  # (N, U, D)
+    match: np.ndarray | None  # (N, T)
+
+    @classmethod
+    def of(cls, acts: np.ndarray, desc: np.ndarray | None, match: np.ndarray | None) -> Ranked:
+        """Rank the rows given (one half of the images, say)."""
+        return cls(
+            standard_ranks(acts),
+            None if desc is None else standard_ranks(desc),
+            None if match is None else standard_ranks(match),
+        )
+
+    @property
+    def n_desc(self) -> int:
+        return 0 if self.desc is None else int(self.desc.shape[2])
+
+    def candidate(self, u: int, c: int) -> np.ndarray:
+        """(N,) the ranks of candidate c's match for unit u."""
+        if c < self.n_desc:
+            assert self.desc is not None
+            return self.desc[:, u, c]
+        assert self.match is not None
+        return self.match[:, c - self.n_desc]
+
+    def fidelity(self) -> np.ndarray:
+        """(U, D + T): Spearman of each unit's activations with each candidate's match."""
+        parts = []
+        if self.desc is not None:
+            parts.append(np.einsum("nu,nud->ud", self.acts, self.desc))  # (U, D)
+        if self.match is not None and self.match.shape[1]:
+            parts.append(self.acts.T @ self.match)  # (U, T)
+        return np.concatenate(parts, axis=1) if parts else np.zeros((self.acts.shape[1], 0))
+
+
 def unit_fidelity(
     acts: np.ndarray, desc: np.ndarray | None, match: np.ndarray | None
 ) -> np.ndarray:
@@ -47,26 +90,30 @@ def unit_fidelity(
     acts (N, U); desc (N, U, D) each unit's own descriptor values (its receptive field);
     match (N, T) concept matches, the same for every unit. -> (U, D + T), descriptors first.
     """
-    ra = standard_ranks(acts)  # (N, U)
-    parts = []
-    if desc is not None:
-        parts.append(np.einsum("nu,nud->ud", ra, standard_ranks(desc)))  # (U, D)
-    if match is not None and match.shape[1]:
-        parts.append(ra.T @ standard_ranks(match))  # (U, T)
-    return np.concatenate(parts, axis=1) if parts else np.zeros((acts.shape[1], 0))
+    return Ranked.of(acts, desc, match).fidelity()
+
+
+def partial_ranks(y: np.ndarray, x: np.ndarray, given: np.ndarray) -> float:
+    """Partial correlation of standard-rank columns y and x (N,) given others (N, k): the
+    correlation of what is left of y and x once the given columns are regressed out."""
+    if given.shape[1] == 1:
+        g = given[:, 0]
+        ryx, ryg, rxg = float(y @ x), float(y @ g), float(x @ g)
+        den = (1.0 - ryg * ryg) * (1.0 - rxg * rxg)
+        return (ryx - ryg * rxg) / float(np.sqrt(den)) if den > 1e-12 else 0.0
+    coef, *_ = np.linalg.lstsq(given, np.column_stack([y, x]), rcond=None)  # ranks are centred
+    res = np.column_stack([y, x]) - given @ coef  # (N, 2)
+    norms = np.sqrt((res * res).sum(axis=0))
+    if norms.min() <= 1e-12:
+        return 0.0
+    return float(res[:, 0] @ res[:, 1] / (norms[0] * norms[1]))
 
 
 def partial_spearman(y: np.ndarray, x: np.ndarray, given: np.ndarray) -> float:
     """Spearman correlation of y and x (N,) once the ranks of ``given`` (N, k) are regressed
     out of both: what x says about y that the given columns do not."""
     ranks = standard_ranks(np.column_stack([y, x, given]))  # (N, 2 + k)
-    g = np.column_stack([np.ones(len(y)), ranks[:, 2:]])  # (N, 1 + k)
-    coef, *_ = np.linalg.lstsq(g, ranks[:, :2], rcond=None)
-    res = ranks[:, :2] - g @ coef  # (N, 2)
-    norms = np.sqrt((res * res).sum(axis=0))
-    if norms.min() <= 1e-12:
-        return 0.0
-    return float(res[:, 0] @ res[:, 1] / (norms[0] * norms[1]))
+    return partial_ranks(ranks[:, 0], ranks[:, 1], ranks[:, 2:])
 
 
 def shuffled(acts: np.ndarray, heldout: np.ndarray, seed: int = 0) -> np.ndarray:

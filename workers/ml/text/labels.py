@@ -24,12 +24,12 @@ import torch.nn.functional as F
 from workers.ml.text import descriptors
 from workers.ml.text.evidence import Evidence
 from workers.ml.text.fidelity import (
+    Ranked,
     heldout_mask,
     null_scores,
     null_threshold,
-    partial_spearman,
+    partial_ranks,
     spearman,
-    unit_fidelity,
 )
 
 Encoder = Callable[[Sequence[str]], torch.Tensor]  # texts -> (T, D) normalised
@@ -148,9 +148,9 @@ def choose_labels(
     words = list(descriptors.WORDS) if desc is not None else []
     texts = words + (list(concepts) if match is not None else [])
     n_desc = len(words)
-    sel, out = ~heldout, heldout
-    f_sel = unit_fidelity(acts[sel], _at(desc, sel), _at(match, sel))  # (U, K)
-    f_out = unit_fidelity(acts[out], _at(desc, out), _at(match, out))  # (U, K)
+    sel = Ranked.of(acts[~heldout], _at(desc, ~heldout), _at(match, ~heldout))
+    out = Ranked.of(acts[heldout], _at(desc, heldout), _at(match, heldout))
+    f_sel, f_out = sel.fidelity(), out.fidelity()  # (U, K) each
 
     def scored(u: int, c: int) -> Scored:
         kind = descriptors.KINDS[texts[c]] if c < n_desc else "concept"
@@ -158,15 +158,6 @@ def choose_labels(
 
     result = []
     for u in range(acts.shape[1]):
-
-        def values(c: int, u: int = u) -> np.ndarray:
-            if c < n_desc:
-                assert desc is not None
-                return desc[:, u, c]
-            assert match is not None
-            return match[:, c - n_desc]
-
-        y = acts[:, u]
         order = [int(c) for c in np.argsort(-f_sel[u], kind="stable")[:TOP_CANDIDATES]]
         best_desc = int(np.argmax(f_sel[u, :n_desc])) if n_desc else None
         if best_desc is not None and best_desc not in order:
@@ -174,16 +165,15 @@ def choose_labels(
         kept = []
         for c in order:
             if c >= n_desc and best_desc is not None:
-                given = values(best_desc)[sel][:, None]
-                if partial_spearman(y[sel], values(c)[sel], given) < threshold:
+                if _partial(sel, u, c, [best_desc]) < threshold:
                     continue  # no evidence of an object beyond what its pixels show
             kept.append(c)
         chosen: list[int] = []
         if kept and f_out[u, kept[0]] >= threshold:  # else the unit abstains
             chosen.append(kept[0])
         while chosen and len(chosen) < MAX_LABELS:
-            c = _next_label(y, values, kept, chosen, sel, threshold)
-            if c is None or not _holds(y, values, c, chosen, out, f_out[u, c], threshold):
+            c = _next_label(sel, u, kept, chosen, threshold)
+            if c is None or f_out[u, c] < threshold or _partial(out, u, c, chosen) < threshold:
                 break  # a failure on held-out images ends the search: it picks nothing there
             chosen.append(c)
         result.append(
@@ -192,48 +182,29 @@ def choose_labels(
     return result
 
 
-def _partial(
-    y: np.ndarray, values: Callable[[int], np.ndarray], c: int, given: list[int], rows: np.ndarray
-) -> float:
-    g = np.column_stack([values(e)[rows] for e in given])  # (n, k)
-    return partial_spearman(y[rows], values(c)[rows], g)
+def _partial(half: Ranked, u: int, c: int, given: list[int]) -> float:
+    """On one half: what candidate c says about unit u beyond the ``given`` candidates."""
+    g = np.column_stack([half.candidate(u, e) for e in given])  # (n, k)
+    return partial_ranks(half.acts[:, u], half.candidate(u, c), g)
 
 
 def _next_label(
-    y: np.ndarray,
-    values: Callable[[int], np.ndarray],
-    kept: list[int],
-    chosen: list[int],
-    sel: np.ndarray,
-    threshold: float,
+    sel: Ranked, u: int, kept: list[int], chosen: list[int], threshold: float
 ) -> int | None:
     """Forward selection on the selection half: the candidate, distinct from the labels so
-    far, that best predicts what they leave unexplained (partial Spearman given their
-    matches), if that clears the bar."""
+    far (their matches correlate less than ``DISTINCT``), that best predicts what they leave
+    unexplained (partial Spearman given their matches), if that clears the bar."""
     best, best_p = None, threshold
     for c in kept:
         if c in chosen:
             continue
-        v = values(c)
-        if any(abs(spearman(v[:, None], values(e)[:, None])[0, 0]) >= DISTINCT for e in chosen):
+        v = sel.candidate(u, c)
+        if any(abs(float(v @ sel.candidate(u, e))) >= DISTINCT for e in chosen):
             continue  # says what an earlier label says
-        p = _partial(y, values, c, chosen, sel)
+        p = _partial(sel, u, c, chosen)
         if p >= best_p:
             best, best_p = c, p
     return best
-
-
-def _holds(
-    y: np.ndarray,
-    values: Callable[[int], np.ndarray],
-    c: int,
-    chosen: list[int],
-    out: np.ndarray,
-    fidelity: float,
-    threshold: float,
-) -> bool:
-    """A further label clears the bar on held-out images, alone and beyond the earlier ones."""
-    return fidelity >= threshold and _partial(y, values, c, chosen, out) >= threshold
 
 
 def heldout_fidelity(acts: np.ndarray, values: np.ndarray, heldout: np.ndarray) -> float:
