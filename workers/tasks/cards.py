@@ -51,7 +51,16 @@ def refresh_card(
         examples = sheet_tiles(sheet, CELL, 6) if sheet is not None else []
     if fv_key is None and not examples:
         return
-    label = session.scalar(select(Unit.label).where(Unit.layer_id == layer.id, Unit.index == unit))
+    row = session.execute(
+        select(Unit.label, Unit.label_source, Unit.label_confidence).where(
+            Unit.layer_id == layer.id, Unit.index == unit
+        )
+    ).first()
+    label = None
+    if row is not None and row[0]:
+        # An automatic label carries its fidelity, as on every page.
+        scored = row[1] == "auto" and row[2] is not None
+        label = f"{row[0]} (fidelity {row[2]:.2f})" if scored else row[0]
     card = neuron_card(
         f"Unit {unit}",
         f"{model.slug} · {layer.name}",
