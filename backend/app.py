@@ -16,6 +16,7 @@ from sqlalchemy.pool import StaticPool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from backend import objects
+from backend.analyses import api as analyses_api
 from backend.auth import AdminAuth
 from backend.auth import router as auth_router
 from backend.catalog import actions as catalog_actions
@@ -152,6 +153,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app.mount("/static", StaticFiles(directory=FRONTEND / "static"), name="static")
     app.include_router(weights_api.router)  # before catalog_api: its {layer:path} is greedy
+    # Before the catalog's: its layer route's path parameter would take ".../units/N/condprob".
+    app.include_router(analyses_api.router)
     app.include_router(catalog_api.router)
     app.include_router(datasets_api.router)
     app.include_router(jobs_api.router)
@@ -163,6 +166,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(jobs_actions.router)
     app.include_router(families_actions.router)
     app.include_router(unitpage_actions.router)
+    app.include_router(analyses_api.pages)
     app.include_router(jobs_pages.router)
     app.include_router(families_pages.router)
     # The unit page before the catalog's pages: the layer page's {layer:path} matches it too.

@@ -5,6 +5,7 @@ from __future__ import annotations
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from backend.analyses.service import request_condprob, request_typographic
 from backend.catalog.facets import check_facet_below, facet_layer, facet_name, get_facet
 from backend.config import get_settings
 from backend.db.models import Dataset, Job, Layer, Model
@@ -12,6 +13,7 @@ from backend.errors import InvalidInput
 from backend.jobs.service import enqueue_job
 from contracts.jobs import (
     DEFAULT_CLIMB_UNITS,
+    DEFAULT_OBJECTIVE,
     DEFAULT_WORDS,
     FEATVIS_OBJECTIVES,
     FeatvisBulkParams,
@@ -36,7 +38,7 @@ def queue_precompute(
     climb_units: int | None = DEFAULT_CLIMB_UNITS,
 ) -> list[Job]:
     """Every precompute job: dataset examples, text views, rendered words, feature vis,
-    weight views.
+    weight views, conditional probability plots and a typographic attack.
 
     ``featvis_units``: how many units per default layer get a bulk render (None = all,
     0 = none); ``words``: how many dictionary words are rendered and mined (0 = none);
@@ -91,6 +93,9 @@ def queue_precompute(
             )
         )
     jobs.append(request_weight_views(session, model, priority=4))
+    # Conditional probability plots and the typographic attack: quick next to the renders.
+    jobs.append(request_condprob(session, model, dataset, priority=3))
+    jobs.append(request_typographic(session, model, dataset, priority=2))
     return jobs
 
 
@@ -144,7 +149,7 @@ def queue_featvis_blocks(session: Session, model: Model, units_per_layer: int | 
                         model_id=model.id,
                         layer_id=layer.id,
                         units=(start, stop),
-                        objective="channel",
+                        objective=DEFAULT_OBJECTIVE,
                         steps=get_settings().featvis_steps,
                     ),
                     queue="gpu",
@@ -161,7 +166,7 @@ def request_featvis(
     model: Model,
     layer: Layer,
     unit: int,
-    objective: str = "channel",
+    objective: str = DEFAULT_OBJECTIVE,
     facet: str | None = None,
 ) -> Job:
     """One unit's render, asked for from its page: sent on the interactive queue.

@@ -7,6 +7,8 @@ from pathlib import Path
 from fastapi.templating import Jinja2Templates
 
 from backend import urls
+from backend.catalog.views import featvis_objective
+from contracts.jobs import OBJECTIVE_TITLES
 
 FRONTEND = Path(__file__).resolve().parent.parent / "frontend"
 
@@ -20,8 +22,12 @@ templates.env.globals.update(
     layer_url=urls.layer_url,
     unit_url=urls.unit_url,
     object_url=urls.object_url,
+    objectives=OBJECTIVE_TITLES,
     htmx_vendored=(FRONTEND / "static" / "vendor" / "htmx.min.js").exists(),
 )
+
+
+templates.env.filters["objective"] = featvis_objective
 
 
 def is_htmx(request) -> bool:  # type: ignore[no-untyped-def]

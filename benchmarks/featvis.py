@@ -140,6 +140,7 @@ def score(model, layer, layout, units, images: torch.Tensor, preprocess) -> np.n
 
 def run_ours(model, layer, layout, units, preprocess, steps, size, eval_every):
     """One batch over ``units``: steps, wall and CPU seconds spent optimising, (E, N) acts."""
+    from contracts.jobs import DEFAULT_OBJECTIVE
     from workers.ml.featvis.render import build_objective, optimise
     from workers.ml.featvis.transforms import frozen
 
@@ -148,7 +149,7 @@ def run_ours(model, layer, layout, units, preprocess, steps, size, eval_every):
     with frozen(model, channels_last=True):
         it = optimise(
             model,
-            build_objective("channel", layer, layout),  # the product's default objective
+            build_objective(DEFAULT_OBJECTIVE, layer, layout),  # the product's default
             units=units,
             seeds=[(0, 0)] * len(units),  # what render_units uses for seed=0
             preprocess=preprocess,

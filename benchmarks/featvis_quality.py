@@ -3,8 +3,9 @@
 For units spread over every default layer of the default model, it mines each unit's best
 dataset example over the demo photos (max over positions, the score mining ranks by), then
 renders every unit at the product's default settings twice in one run: with the baseline
-objective (Lucent's plain spatial mean) and with ours (the mean of the 16 strongest
-positions). The figure is the share of units whose render scores at least its best example.
+objective (``channel``: Lucent's plain spatial mean) and with ours (``channel_top16``: the
+mean of the 16 strongest positions). The figure is the share of units whose render scores at
+least its best example.
 
     .venv/bin/python benchmarks/featvis_quality.py [--units-per-layer 7] [--steps 512]
 
@@ -64,7 +65,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from workers.ml.demo_data import assemble_demo_dataset
-    from workers.ml.featvis.render import CHANNEL_TOP, render_units
+    from workers.ml.featvis.render import render_units
     from workers.ml.layers import enumerate_layers
     from workers.ml.models import load_model
 
@@ -90,7 +91,7 @@ def main() -> None:
     seconds: dict[str, float] = {"baseline": 0.0, "ours": 0.0}
     for li in layers:
         units = pick_units(li.unit_count, args.units_per_layer)
-        for name, top in (("baseline", None), ("ours", CHANNEL_TOP)):
+        for name, objective in (("baseline", "channel"), ("ours", "channel_top16")):
             t0 = time.perf_counter()
             results = render_units(
                 lm.image_model,
@@ -100,7 +101,7 @@ def main() -> None:
                 preprocess=lm.preprocess,
                 steps=args.steps,
                 size=int(lm.preprocess.input_size),  # what the render task uses
-                top=top,
+                objective=objective,
             )
             seconds[name] += time.perf_counter() - t0
             r = [res.act_max / float(best[li.module_path][res.unit]) for res in results]

@@ -40,14 +40,59 @@ TASK_TEXT_VIEWS = "microscope.text_views"
 TASK_RENDERED_WORDS = "microscope.rendered_words"
 TASK_TRAIN_FACET = "microscope.train_facet"
 TASK_WEIGHT_VIEWS = "microscope.weight_views"
+TASK_CONDPROB = "microscope.condprob"
+TASK_TYPOGRAPHIC = "microscope.typographic"
 
-FEATVIS_OBJECTIVES = ("channel", "neuron", "negative", "diversity")
-Objective = Literal["channel", "neuron", "negative", "diversity"]
+# Feature-visualization objectives. "channel" is Lucid's, Lucent's and Microscope's: the
+# channel's spatial mean. The default bulk render, "channel_top16", maximises the mean of the
+# unit's 16 strongest positions (it drives the unit's max, what dataset examples are ranked
+# by, higher; the spatial mean lower): a different objective under its own name.
+FEATVIS_OBJECTIVES = ("channel_top16", "channel", "neuron", "negative", "diversity")
+Objective = Literal["channel_top16", "channel", "neuron", "negative", "diversity"]
+DEFAULT_OBJECTIVE: Objective = "channel_top16"
+# The renders that stand for a unit (grid thumbnails, cards), preferred first.
+CHANNEL_VARIANTS = ("channel_top16", "channel")
+# What each objective maximises, as pages say beside every image it made.
+OBJECTIVE_TITLES = {
+    "channel_top16": "the mean of the unit's 16 strongest positions",
+    "channel": "the channel's spatial mean (Lucid's channel objective)",
+    "neuron": "the activation at the centre position",
+    "negative": "minus the mean of the unit's 16 lowest positions",
+    "diversity": "the top-16 mean of 4 images pushed apart",
+}
 DEFAULT_WORDS = 10000  # dictionary words rendered and mined per model
 DEFAULT_CLIMB_UNITS = 8  # CLIP units per default layer whose token strings are hill-climbed
 DEFAULT_CLIMB_CANDIDATES = 64  # one-token words each climb searches
 DEFAULT_VOCAB_WORDS = 5000  # dictionary words in the text vocabulary (plus class names, prompts)
 DEFAULT_FEATVIS_STEPS = 512
+# Broad categories: concept words for labels (beside the model's class names) and the default
+# categories of conditional probability plots (a user can pass others).
+DEFAULT_CONCEPTS = (
+    "animal",
+    "bird",
+    "dog",
+    "cat",
+    "insect",
+    "fish",
+    "plant",
+    "flower",
+    "fruit",
+    "food",
+    "vehicle",
+    "building",
+    "furniture",
+    "tool",
+    "clothing",
+    "person",
+    "text",
+    "sky",
+    "water",
+    "landscape",
+)
+DEFAULT_BUCKETS = 12  # conditional probability plots: buckets over [min, max] activation
+DEFAULT_PER_BUCKET = 32  # images sampled per bucket, at most
+DEFAULT_ATTACK_WORDS = 8  # typographic attacks: words written on the photos
+DEFAULT_ATTACK_PHOTOS = 48  # photos each word is written on
 # A layer selection: "default" (the model's default layers) or explicit layer names.
 LayerSelection = Literal["default"] | list[str]
 
@@ -130,7 +175,7 @@ class FeatvisParams(JobParams):
     model_id: int
     layer_id: int
     units: tuple[int, int]  # [start, stop)
-    objective: Objective = "channel"
+    objective: Objective = DEFAULT_OBJECTIVE
     steps: int = Field(default=DEFAULT_FEATVIS_STEPS, ge=1)
     facet: str | None = None  # the facet's artifact variant ("facet-<name>")
     facet_probe: str | None = None  # the probe's params hash: a retrained facet renders again
@@ -145,6 +190,37 @@ class WeightViewsParams(JobParams):
     task: ClassVar[str] = TASK_WEIGHT_VIEWS
     model_id: int
     layers: LayerSelection = "default"
+
+
+class CondProbParams(JobParams):
+    """Conditional probability plots: per unit, the share of each concept among images
+    sampled from uniform buckets of its activation range."""
+
+    kind: ClassVar[str] = "condprob"
+    task: ClassVar[str] = TASK_CONDPROB
+    model_id: int
+    dataset_id: int
+    layers: LayerSelection = "default"
+    concepts: list[str] = Field(default=list(DEFAULT_CONCEPTS), min_length=2, max_length=40)
+    buckets: int = Field(default=DEFAULT_BUCKETS, ge=2, le=50)
+    per_bucket: int = Field(default=DEFAULT_PER_BUCKET, ge=1, le=1000)
+
+    @property
+    def layer_names(self) -> list[str] | None:
+        """Explicit layer names, or None for the model's default layers."""
+        return None if self.layers == "default" else list(self.layers)
+
+
+class TypographicParams(JobParams):
+    """Typographic attacks: words pasted onto photos; how the prediction and units move."""
+
+    kind: ClassVar[str] = "typographic"
+    task: ClassVar[str] = TASK_TYPOGRAPHIC
+    model_id: int
+    dataset_id: int
+    words: list[str] | None = Field(default=None, max_length=40)  # None: chosen from classes
+    n_words: int = Field(default=DEFAULT_ATTACK_WORDS, ge=1, le=40)
+    photos: int = Field(default=DEFAULT_ATTACK_PHOTOS, ge=1, le=2000)
 
 
 class TrainFacetParams(JobParams):
@@ -171,6 +247,8 @@ PARAMS_OF_KIND: dict[str, type[JobParams]] = {
         FeatvisParams,
         WeightViewsParams,
         TrainFacetParams,
+        CondProbParams,
+        TypographicParams,
     )
 }
 # job kind -> task name, used to send unfinished jobs again after a crash.

@@ -16,6 +16,8 @@ app.conf.imports = (
     "workers.tasks.facets",
     "workers.tasks.text",
     "workers.tasks.weights",
+    "workers.tasks.condprob",
+    "workers.tasks.typographic",
 )
 
 

@@ -14,6 +14,7 @@ from backend.deps import SessionDep, require_admin
 from backend.errors import InvalidInput, MicroscopeError
 from backend.precompute import request_facet, request_featvis, request_weight_views
 from backend.templating import templates
+from contracts.jobs import DEFAULT_OBJECTIVE
 
 router = APIRouter(include_in_schema=False)
 
@@ -26,7 +27,7 @@ def render_from_page(
     layer: str,
     unit: int,
     session: SessionDep,
-    objective: str = Form("channel"),
+    objective: str = Form(DEFAULT_OBJECTIVE),
     facet: str = Form(""),
 ) -> Response:
     """The unit page's render form: the unit's feature visualization, followed live."""

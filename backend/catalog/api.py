@@ -32,6 +32,7 @@ from backend.precompute import (
     request_weight_views,
 )
 from backend.schemas import Page
+from contracts.jobs import DEFAULT_OBJECTIVE, FEATVIS_OBJECTIVES
 
 router = APIRouter(prefix=urls.API, tags=["models"])
 
@@ -119,7 +120,7 @@ def render_unit(
     layer: str,
     unit: int,
     session: SessionDep,
-    objective: str = Query("channel", description="channel, neuron, negative or diversity"),
+    objective: str = Query(DEFAULT_OBJECTIVE, description=", ".join(FEATVIS_OBJECTIVES)),
     facet: str | None = Query(None, description="a trained facet's name: steer the render"),
 ) -> JobOut:
     """Render a unit's feature visualization now (ahead of bulk work); returns the job."""

@@ -10,6 +10,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse
 from sqlalchemy.orm import Session
 
+from backend.analyses.service import typographic_summary
 from backend.catalog import service
 from backend.catalog.branches import branch_bands, branch_shares, group_units
 from backend.catalog.facets import list_facets
@@ -89,6 +90,7 @@ def model_context(
         "datasets": list(list_datasets(session)) if admin else [],
         "default_layers": [x.name for x in rows if x.is_default] if admin else [],
         "job": job_out(found) if found is not None else None,
+        "typographic": typographic_summary(session, request.app.state.store, m),
         "error": None,
         "form": {},
         **extra,

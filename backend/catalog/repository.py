@@ -12,7 +12,11 @@ from backend.limits import storable_index
 
 # (kind, variant) of the images that stand for a unit in a card or a preview, best first: its
 # feature visualization, else its top dataset example.
-THUMBNAILS = (("featvis", "channel"), ("example_crop", "thumb"))
+THUMBNAILS = (
+    ("featvis", "channel_top16"),
+    ("featvis", "channel"),
+    ("example_crop", "thumb"),
+)
 
 
 class CatalogRepository:

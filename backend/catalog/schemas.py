@@ -8,6 +8,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from backend.catalog.labels import LabelOut
 from backend.jobs.schemas import JobOut
 from contracts.layout import Branch
 
@@ -123,6 +124,15 @@ class UnitOut(BaseModel):
     label_source: str | None
     label_confidence: float | None
     branch: Branch | None = Field(None, description="the layer's branch holding this unit")
+    labels: list[LabelOut] = Field(
+        default=[], description="the labels shown, each with its fidelity; empty: unlabelled"
+    )
+    label_guesses: list[LabelOut] = Field(
+        default=[], description="the best candidate labels and their fidelity, shown or not"
+    )
+    label_threshold: float | None = Field(
+        None, description="the fidelity a label needs to be shown (measured per run)"
+    )
     url: str
     api_url: str
     prev_url: str | None

@@ -8,6 +8,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from backend import urls
+from backend.catalog.labels import label_guesses, label_score, label_threshold, shown_labels
 from backend.catalog.repository import THUMBNAILS, CatalogRepository
 from backend.catalog.schemas import ArtifactOut, LayerOut, ModelOut, UnitOut
 from backend.db.models import Artifact, Job, Layer, Model, Unit
@@ -145,6 +146,9 @@ def unit_out(
         label_source=unit.label_source,
         label_confidence=unit.label_confidence,
         branch=branch_of(branches_from_json(layer.branches), i),
+        labels=shown_labels(unit),
+        label_guesses=label_guesses(unit),
+        label_threshold=label_threshold(unit),
         url=urls.unit_url(model.slug, layer.name, i),
         api_url=urls.api_unit_url(model.slug, layer.name, i),
         prev_url=urls.unit_url(model.slug, layer.name, i - 1) if i > 0 else None,
@@ -165,8 +169,9 @@ class UnitView:
 
 
 # Layer-wide artifacts listed with each of the layer's units: the weight views' shared NMF
-# factors (what each colour reads) and SVD placement (every unit's coordinates).
-LAYER_KINDS_PER_UNIT = ("weights_nmf", "weights_svd")
+# factors (what each colour reads) and SVD placement (every unit's coordinates), and the
+# typographic attack's responses of every unit.
+LAYER_KINDS_PER_UNIT = ("weights_nmf", "weights_svd", "typographic")
 
 
 def resolve_unit(
@@ -186,6 +191,8 @@ def set_label(
     unit.label = label.strip() if label and label.strip() else None
     unit.label_source = "admin" if unit.label else None
     unit.label_confidence = 1.0 if unit.label else None
+    # The scores were the earlier labels': this one is scored at the next labels run.
+    unit.label_scores = {**(unit.label_scores or {}), "labels": []}
     session.flush()
     return unit
 
@@ -204,7 +211,7 @@ def unit_view(session: Session, model_slug: str, layer_name: str, index: int) ->
 
 GRID_VIEWS = {
     "auto": THUMBNAILS,
-    "featvis": (("featvis", "channel"),),
+    "featvis": (("featvis", "channel_top16"), ("featvis", "channel")),
     "examples": (("example_crop", "thumb"),),
     "weights": (("weights_nmf", "rgb"),),
     "label": (),
@@ -228,6 +235,7 @@ def list_units(
         {
             "index": u.index,
             "label": u.label,
+            "label_score": label_score(u),
             "url": urls.unit_url(model.slug, layer.name, u.index),
             "api_url": urls.api_unit_url(model.slug, layer.name, u.index),
             "thumbnail": thumbs.get(u.index),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any, TypeVar
 
 from pydantic import ValidationError
@@ -33,11 +34,14 @@ VIEW_OF_KIND = {
     "rendered_words": "text",
     "weights_nmf": "weights",
     "weights_svd": "weights",
+    "condprob": "condprob",
+    "typographic": "text",
 }
 VIEW_TITLES = {
     "featvis": "Feature visualization",
     "examples": "Dataset examples",
     "text": "Text",
+    "condprob": "Conditional probability",
     "weights": "Weights",
     "other": "Other",
 }
@@ -62,6 +66,26 @@ def read_json(store: ObjectStore, art: ArtifactOut | None, shape: type[J]) -> J 
         return shape.model_validate_json(store.get(art.storage_key))
     except (NotFound, ValidationError):
         return None
+
+
+def read_json_dict(store: ObjectStore, art: ArtifactOut | None) -> dict[str, Any] | None:
+    """A JSON artifact that has no contract model yet (the analyses' plots), as a dict; None
+    when there is none or its bytes are gone or not a JSON object."""
+    if art is None:
+        return None
+    try:
+        data = json.loads(store.get(art.storage_key))
+    except (NotFound, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def featvis_objective(a: ArtifactOut) -> str:
+    """The objective that made a feature visualization. Renders from before the top-16
+    objective had its own name recorded "channel" with 16 top positions."""
+    params = a.provenance.get("params") or {}
+    name = str(params.get("objective") or a.variant.split("-")[0])
+    return "channel_top16" if name == "channel" and params.get("top_positions") else name
 
 
 def _ranked(store: ObjectStore, arts: list[ArtifactOut]) -> list[dict[str, Any]]:

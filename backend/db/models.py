@@ -27,7 +27,7 @@ ARTIFACT_KINDS = {
     "example_crop": "a crop around an example's receptive field (WebP)",
     "example_heatmap": "an example crop with the unit's activation overlaid (WebP)",
     "histogram": "per-unit activation histogram and statistics (JSON)",
-    "featvis": "feature visualization: channel/neuron/negative/diversity/facet variants (WebP)",
+    "featvis": "feature visualization, one variant per objective, or a facet's (WebP)",
     "text_fv": "text feature visualization: the unit's top strings (JSON)",
     "rendered_words": "the unit's top rendered words (JSON)",
     "weights_nmf": "NMF-RGB view of the unit's weights (PNG); per layer, its factors (JSON)",
@@ -42,6 +42,8 @@ ARTIFACT_KINDS = {
     "search_index": "per-model unit text vectors and vocabulary embeddings (npz)",
     "facet_probe": "per-model facet probe: a linear probe on a lower layer (safetensors)",
     "thumbnail": "a dataset image thumbnail (JPEG)",
+    "condprob": "per-unit conditional probability plot: concept shares per activation bucket",
+    "typographic": "typographic attack: per model its summary, per layer unit responses (JSON)",
 }
 
 class Model(TimestampMixin, Base):
@@ -102,7 +104,12 @@ class Unit(Base):
     index: Mapped[int] = mapped_column(Integer)
     label: Mapped[str | None] = mapped_column(String(256))
     label_source: Mapped[str | None] = mapped_column(String(32))  # auto | admin
+    # auto: the first shown label's fidelity (Spearman on held-out images); admin: 1.0
     label_confidence: Mapped[float | None] = mapped_column(Float)
+    # {"labels": [{text, kind, score, selection}], "guesses": [...], "threshold", "heldout"}:
+    # the labels shown with their fidelity, the best candidates (shown when the unit
+    # abstains) and the bar; written by the text views' labels step.
+    label_scores: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
 
 
 class Dataset(TimestampMixin, Base):

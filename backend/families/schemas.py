@@ -39,6 +39,7 @@ class Card(BaseModel):
     layer: str
     unit: int
     label: str | None
+    label_score: float | None = Field(None, description="the label's fidelity (None: unscored)")
     note: str | None = None
     url: str
     thumbnail: str | None

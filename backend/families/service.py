@@ -8,6 +8,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from backend import urls
+from backend.catalog.labels import label_score
 from backend.catalog.repository import CatalogRepository
 from backend.catalog.service import resolve_unit
 from backend.db.models import Family, Layer, Model, Unit
@@ -31,6 +32,7 @@ def cards(session: Session, rows: Sequence[tuple[Model, Layer, Unit, str | None]
                 layer=layer.name,
                 unit=unit.index,
                 label=unit.label,
+                label_score=label_score(unit),
                 note=note,
                 url=urls.unit_url(m.slug, layer.name, unit.index),
                 thumbnail=urls.object_url(key) if key else None,

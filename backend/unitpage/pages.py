@@ -12,6 +12,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse
 from sqlalchemy.orm import Session
 
+from backend.analyses.service import condprob_view, typographic_unit
 from backend.catalog import service
 from backend.catalog.facets import list_facets
 from backend.catalog.structure import circuits_view
@@ -49,6 +50,7 @@ def unit_page(
 
 
 NO_WEIGHT_VIEWS = ("linear", "head", "mlp")  # layer kinds with no convolution kernels
+TEXT_FAMILIES = ("clip_resnet", "clip_vit")  # models with a text tower (classifiers: classes)
 
 
 def unit_context(
@@ -69,6 +71,8 @@ def unit_context(
     computable = ("featvis", "examples") + (
         ("weights",) if v.layer.kind not in NO_WEIGHT_VIEWS else ()
     )
+    if v.model.class_names or v.model.family in TEXT_FAMILIES:  # it has a text head
+        computable += ("condprob",)
     missing = [x for x in computable if x not in views]
     for x in missing:  # a tab for each missing view, with a way to compute it
         views[x] = {}
@@ -86,6 +90,10 @@ def unit_context(
         examples = examples_view(session, request.app.state.store, views["examples"])
     if active == "text":
         text = text_view(request.app.state.store, views["text"])
+    store = request.app.state.store
+    plot = request.query_params.get("plot")
+    condprob = condprob_view(store, views["condprob"], plot) if active == "condprob" else None
+    attack = typographic_unit(store, views["text"], unit) if active == "text" else None
     admin = is_admin(request)
     return {
         "model": service.model_out(v.model),
@@ -98,6 +106,8 @@ def unit_context(
         "text": text,
         "weights": weights,
         "circuits": circuits,
+        "condprob": condprob,
+        "attack": attack,
         "heatmap": request.query_params.get("heatmap") == "1",
         "families": unit_families(session, v.unit),
         "all_families": list_families(session) if admin else [],

@@ -90,7 +90,9 @@ def test_objective_rises_over_steps(net: TinyNet) -> None:
 
 
 def test_render_units_reports_activation_of_stored_image(net: TinyNet) -> None:
-    (res,) = render_units(net, "features.3", NCHW, [3], preprocess=PRE, steps=20, size=32)
+    (res,) = render_units(
+        net, "features.3", NCHW, [3], preprocess=PRE, steps=20, size=32, objective="channel"
+    )
     assert res.images[0].size == (32, 32)
     x = torch.from_numpy(np.asarray(res.images[0], dtype=np.float32) / 255).permute(2, 0, 1)
     a_max, a_mean = evaluate_units(net, "features.3", NCHW, [3], x[None], PRE)
@@ -187,7 +189,10 @@ def test_render_records_its_reducer_and_the_top_objective_rises(net: TinyNet) ->
     units = [1, 4]
     rendered = render_units(net, "features.3", NCHW, units, preprocess=PRE, steps=24, size=32)
     start = render_units(net, "features.3", NCHW, units, preprocess=PRE, steps=0, size=32)
-    (mean,) = render_units(net, "features.3", NCHW, [1], preprocess=PRE, steps=0, top=None)
+    # Lucid's channel objective: the plain spatial mean, no top positions.
+    (mean,) = render_units(
+        net, "features.3", NCHW, [1], preprocess=PRE, steps=0, objective="channel"
+    )
     assert rendered[0].params["top_positions"] == 16  # the default
     assert mean.params["top_positions"] is None
     # Rendering with the default reducer raises each unit's strongest positions.
@@ -294,3 +299,21 @@ def test_timm_vit_token_layout_objective_rises() -> None:
         )
     assert (states[-1].scores > states[0].scores + 0.2).all()
     assert _hooks_left(vit) == 0
+
+
+def test_channel_is_the_spatial_mean_and_channel_top16_the_default(net: TinyNet) -> None:
+    """Lucid's channel objective keeps its name; the top-16 objective has its own."""
+    torch.manual_seed(0)
+    x = torch.rand(2, 3, 32, 32)
+    from workers.ml.featvis.render import build_objective
+    from workers.ml.hooks import run_to
+
+    raw = run_to(net, x, ["features.3"], detach=False)
+    ctx = O.Context(raw, {"features.3": NCHW}, torch.tensor([1, 2]), torch.tensor([0, 1]), x)
+    maps = raw["features.3"][torch.arange(2), torch.tensor([1, 2])].flatten(1)  # (2, HW)
+    mean = build_objective("channel", "features.3", NCHW)(ctx)
+    top = build_objective("channel_top16", "features.3", NCHW)(ctx)
+    torch.testing.assert_close(mean, maps.mean(1))
+    torch.testing.assert_close(top, maps.topk(16, dim=1).values.mean(1))
+    (res,) = render_units(net, "features.3", NCHW, [1], preprocess=PRE, steps=0, size=32)
+    assert res.params["objective"] == "channel_top16" and res.params["top_positions"] == 16

@@ -19,6 +19,7 @@ from backend.precompute import queue_precompute
 from backend.storage import make_store
 from backend.textsearch import load_index
 from tests.workers.test_mining_task import photos
+from tests.workers.test_text_task import assert_labels_scored
 from workers.ml.models import load_model, state_dict_checksum
 from workers.ml.text.heads import make_text_head
 from workers.ml.text.textfv import LM_PENALTY
@@ -111,7 +112,7 @@ def test_text_views_on_clip_from_a_local_checkpoint(arch, settings, tmp_path, cl
         assert sorted(k for k in fv if k[2] == "hill_climb") == [  # climb_units: 1
             (name, 0, "hill_climb") for name in sorted(LAYERS)
         ]
-        assert all(u.label and u.label_source == "auto" for u in units)
+        assert_labels_scored(units)
         assert s.scalars(select(Family).where(Family.source == "auto")).all()
 
     # The climb never ends below where it started (the unit's best one-token words), and its

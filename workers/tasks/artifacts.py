@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from pydantic import BaseModel
@@ -69,7 +70,7 @@ def publish(
 
 
 def publish_json(
-    session: Session, store: ObjectStore, payload: BaseModel, **fields: Any
+    session: Session, store: ObjectStore, payload: BaseModel | dict[str, Any], **fields: Any
 ) -> Artifact:
     """``payload`` (one of the models in ``contracts.artifacts`` or ``contracts.weight_views``: the
     shape pages read) as a JSON
@@ -77,7 +78,12 @@ def publish_json(
     return publish(
         session,
         store,
-        data=payload.model_dump_json().encode(),
+        # Plots without a contract model yet (condprob, typographic) pass a plain dict.
+        data=(
+            payload.model_dump_json().encode()
+            if isinstance(payload, BaseModel)
+            else json.dumps(payload).encode()
+        ),
         ext="json",
         content_type="application/json",
         **fields,

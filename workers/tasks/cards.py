@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session
 
 from backend.db.models import Artifact, Layer, Model, Unit
 from backend.storage import NotFound, ObjectStore
+from contracts.jobs import CHANNEL_VARIANTS
 from workers.ml.cards import CARD_EXT, CARD_TYPE, neuron_card, sheet_tiles
 from workers.ml.sheets import CARD_TILES, CELL
 from workers.tasks.artifacts import publish
@@ -45,13 +46,22 @@ def refresh_card(
         )
     ).all()
     keys = {(k, v): key for k, v, key in arts}
-    fv_key = keys.get(("featvis", "channel"))
+    fv_key = next((keys[("featvis", v)] for v in CHANNEL_VARIANTS if ("featvis", v) in keys), None)
     if examples is None:
         sheet = _image(store, keys.get(("example_crop", "top")))
         examples = sheet_tiles(sheet, CELL, CARD_TILES) if sheet is not None else []
     if fv_key is None and not examples:
         return
-    label = session.scalar(select(Unit.label).where(Unit.layer_id == layer.id, Unit.index == unit))
+    row = session.execute(
+        select(Unit.label, Unit.label_source, Unit.label_confidence).where(
+            Unit.layer_id == layer.id, Unit.index == unit
+        )
+    ).first()
+    label = None
+    if row is not None and row[0]:
+        # An automatic label carries its fidelity, as on every page.
+        scored = row[1] == "auto" and row[2] is not None
+        label = f"{row[0]} (fidelity {row[2]:.2f})" if scored else row[0]
     card = neuron_card(
         f"Unit {unit}",
         f"{model.slug} · {layer.name}",

@@ -108,7 +108,7 @@ def render(session: Session, job: Job, progress: Progress) -> str:
                     "ratio_to_best_example": ratio,
                 },
             )
-    if objective == "channel" and probe is None:
+    if objective in ("channel_top16", "channel") and probe is None:
         session.flush()
         for r in results:
             refresh_card(session, store, model, layer, r.unit)

@@ -33,7 +33,6 @@ from workers.ml.sources import make_loader
 from workers.ml.text.families import propose_families
 from workers.ml.text.heads import NoTextHead, TextHead, make_text_head
 from workers.ml.text.index import search_index_arrays, unit_text_vectors
-from workers.ml.text.labels import auto_labels
 from workers.ml.text.textfv import (
     LM_PENALTY,
     build_vocabulary,
@@ -47,6 +46,7 @@ from workers.ml.text.unit_vectors import head_outputs
 from workers.ml.text.words import top_words, word_activations
 from workers.tasks.artifacts import publish, publish_json
 from workers.tasks.jobrun import Progress, Waiting, job_task, params_of, settled
+from workers.tasks.labels import label_units
 from workers.tasks.mining import BATCH, Plan, make_plan
 from workers.tasks.runtime import cached_model, device, ready_model
 
@@ -217,22 +217,6 @@ def _strings(run: TextRun) -> dict[str, list[list[tuple[str, float]]]]:
     return out
 
 
-def _labels(run: TextRun, tops: dict[str, list[list[tuple[str, float]]]]) -> None:
-    """Label each unit where its top strings and its top examples' classes agree (labels an
-    admin set are kept)."""
-    for layer in run.layers:
-        examples = [
-            [run.predicted[i] for i in row.tolist() if i in run.predicted]
-            for row in run.top_ids[layer.module_path]
-        ]
-        labels = auto_labels(tops[layer.module_path], examples, run.head.encode)
-        for u, (label, conf) in enumerate(labels):
-            unit = run.units.get((layer.id, u))
-            if unit is not None and unit.label_source != "admin" and label:
-                unit.label, unit.label_source, unit.label_confidence = label, "auto", conf
-        run.session.commit()
-
-
 def _families(run: TextRun, vecs: torch.Tensor) -> int:
     """Replace the model's proposed families with clusters of its units' text vectors;
     returns how many were proposed."""
@@ -309,7 +293,8 @@ def _climb_strings(run: TextRun, *, units: int | None, candidates: int) -> int:
 
 def text_views(session: Session, job: Job, progress: Progress) -> str:
     """Unit text vectors from the head's output over each unit's top dataset examples, then
-    the search index, each unit's top strings, automatic labels and proposed families; for
+    the search index, each unit's top strings, labels scored on held-out images (shown only
+    above a measured bar) and proposed families; for
     CLIP, token strings hill-climbed for the first ``climb_units`` units of each layer."""
     p = params_of(job, TextViewsParams)
     plan = make_plan(session, p.model_id, p.dataset_id)
@@ -321,9 +306,11 @@ def text_views(session: Session, job: Job, progress: Progress) -> str:
     if isinstance(run, str):
         return run
     vecs = _index(run)
-    progress(3, 6, "text feature visualizations and labels")
-    tops = _strings(run)
-    _labels(run, tops)
+    progress(3, 6, "text feature visualizations")
+    _strings(run)
+    run.session.commit()  # progress writes in its own transaction: never while holding a lock
+    progress(3, 6, "labels scored on held-out images")
+    labelled = label_units(session, plan, run.loaded, run.head, run.units, progress)
     progress(4, 6, "families")
     families = _families(run, vecs)
     # Last, as the slowest part: everything else is committed before it starts.
@@ -332,7 +319,10 @@ def text_views(session: Session, job: Job, progress: Progress) -> str:
         progress(5, 6, "hill-climbing token strings")
         climbed = _climb_strings(run, units=p.climb_units, candidates=p.climb_candidates)
     climbs = f", {climbed} climbed" if climbed else ""
-    return f"{int(vecs.shape[0])} units, {len(run.vocab)} strings{climbs}, {families} families"
+    return (
+        f"{int(vecs.shape[0])} units ({labelled} labelled), {len(run.vocab)} strings{climbs}, "
+        f"{families} families"
+    )
 
 
 text_views_task = job_task(TASK_TEXT_VIEWS, text_views)

@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from contracts.jobs import DEFAULT_OBJECTIVE, FEATVIS_OBJECTIVES
 from contracts.layout import Layout
 from workers.ml.featvis import objectives as obj
 from workers.ml.featvis.facets import FacetProbe
@@ -28,16 +29,17 @@ from workers.ml.models import PreprocessConfig
 from workers.ml.preprocess import from_pil, input_hw, normalize
 
 CODE_VERSION = "featvis-2"
-# The channel, diversity and negative objectives average each unit's 16 strongest positions
-# (objectives.channel explains why); None gives Lucent's plain spatial mean.
+# channel_top16, diversity and negative average each unit's 16 strongest (lowest) positions
+# (objectives.channel explains why); the channel objective is Lucid's plain spatial mean.
 CHANNEL_TOP = 16
+TOP_OBJECTIVES = ("channel_top16", "negative", "diversity")  # the ones ``top`` applies to
 # Measured on 2 CPU cores: batch 8 was no faster per unit than 4 (early, high-resolution
 # layers were slower per unit), so the CPU default stays small.
 CPU_BATCH_SIZE = 4
 DIVERSITY_IMAGES = 4
 DIVERSITY_WEIGHT = 1e2
 FACET_L2_WEIGHT = 10.0
-OBJECTIVES = ("channel", "neuron", "negative", "diversity")
+OBJECTIVES = FEATVIS_OBJECTIVES
 
 
 @dataclass
@@ -159,8 +161,12 @@ def build_objective(
     facet_strength: float = 5.0,
     top: int | None = CHANNEL_TOP,
 ) -> obj.Objective:
-    """The named objective on each element's own unit, with the facet terms if a probe is given."""
-    if name in ("channel", "diversity"):
+    """The named objective on each element's own unit, with the facet terms if a probe is given.
+
+    ``top``: the positions averaged by channel_top16, negative and diversity."""
+    if name == "channel":
+        base = obj.channel(module_path, layout=layout)  # Lucid's: the spatial mean
+    elif name in ("channel_top16", "diversity"):
         base = obj.channel(module_path, layout=layout, top=top)
     elif name == "neuron":
         base = obj.neuron(module_path, layout=layout)
@@ -220,7 +226,7 @@ def render_units(
     units: Sequence[int],
     *,
     preprocess: PreprocessConfig,
-    objective: str = "channel",
+    objective: str = DEFAULT_OBJECTIVE,
     steps: int = 512,
     size: int = 128,
     seed: int = 0,
@@ -253,7 +259,7 @@ def render_units(
     params: dict[str, object] = {
         "code": CODE_VERSION,
         "objective": objective,
-        "top_positions": top,
+        "top_positions": top if objective in TOP_OBJECTIVES else None,
         "steps": steps,
         "size": size,
         "lr": lr,
