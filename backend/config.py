@@ -39,6 +39,9 @@ class Settings(BaseSettings):
     page_cache_mb: int = 64
     # How stale a cached page may be after another process's commit, at most.
     page_cache_check_seconds: float = 0.02
+    # How long `serve` and `worker` wait at start for the database and the object store (all
+    # containers of the compose file start at once).
+    start_timeout: float = 60.0
 
     @model_validator(mode="after")
     def _fill_defaults(self) -> Settings:

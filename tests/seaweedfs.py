@@ -7,7 +7,7 @@ several test sessions on one machine never collide.
 
 from __future__ import annotations
 
-import json
+import os
 import shutil
 import socket
 import subprocess
@@ -81,26 +81,15 @@ def _wait_until_writable(server: S3Server, proc: subprocess.Popen[bytes], deadli
 
 
 @contextmanager
-def seaweedfs(workdir: Path, *, timeout: float = 60.0) -> Iterator[S3Server]:
-    """Run master, volume, filer and S3 gateway in one ``weed server`` until the block ends."""
+def seaweedfs(
+    workdir: Path, *, s3_port: int | None = None, timeout: float = 60.0
+) -> Iterator[S3Server]:
+    """Run master, volume, filer and S3 gateway in one ``weed server`` until the block ends;
+    the S3 gateway on ``s3_port`` when given (else a free one)."""
     workdir.mkdir(parents=True, exist_ok=True)
     master, master_grpc, volume, volume_grpc, filer, filer_grpc, s3, s3_grpc = _free_ports(8)
+    s3 = s3_port or s3
     server = S3Server(f"http://127.0.0.1:{s3}", "microscope-test", "microscope-test-secret")
-    (workdir / "s3.json").write_text(
-        json.dumps(
-            {
-                "identities": [
-                    {
-                        "name": "test",
-                        "credentials": [
-                            {"accessKey": server.access_key, "secretKey": server.secret_key}
-                        ],
-                        "actions": ["Admin", "Read", "List", "Tagging", "Write"],
-                    }
-                ]
-            }
-        )
-    )
     cmd = [
         weed_binary(),
         "server",
@@ -124,11 +113,18 @@ def seaweedfs(workdir: Path, *, timeout: float = 60.0) -> Iterator[S3Server]:
         f"-s3.localSocket={workdir / 's3.sock'}",
         "-s3.port.iceberg=0",
         "-s3.port.lance=0",
-        f"-s3.config={workdir / 's3.json'}",
     ]
+    # The admin identity comes from the environment, as in docker-compose.yml.
+    env = {
+        **os.environ,
+        "AWS_ACCESS_KEY_ID": server.access_key,
+        "AWS_SECRET_ACCESS_KEY": server.secret_key,
+    }
     log_path = workdir / "weed.log"
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=workdir)
+        proc = subprocess.Popen(
+            cmd, stdout=log, stderr=subprocess.STDOUT, cwd=workdir, env=env
+        )
         try:
             try:
                 _wait_until_writable(server, proc, time.monotonic() + timeout)
@@ -137,6 +133,8 @@ def seaweedfs(workdir: Path, *, timeout: float = 60.0) -> Iterator[S3Server]:
                 raise RuntimeError(f"{e}\n--- weed.log ---\n{tail}") from e
             yield server
         finally:
+            # A graceful stop waits 15 s on weed's own gRPC subscribers; the data is thrown
+            # away, so a short wait then a kill.
             proc.terminate()
             try:
                 proc.wait(2)

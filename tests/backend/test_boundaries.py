@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -81,6 +82,19 @@ def test_docker_compose_file_is_valid() -> None:
         env={**os.environ, "MICROSCOPE_ADMIN_TOKEN": "compose-test-token-0123"},
     )
     assert out.returncode == 0, out.stderr
-    for service in ("postgres", "redis", "minio", "api", "worker", "flower"):
+    # SeaweedFS is the S3 server (it replaced MinIO), as in the tests (tests/seaweedfs.py).
+    for service in ("postgres", "redis", "seaweedfs", "api", "worker", "flower"):
         assert f"  {service}:" in out.stdout
     assert "driver: nvidia" in out.stdout
+    services = yaml.safe_load(out.stdout)["services"]
+    # The API checks a dataset folder exists when it is registered; it never writes there.
+    assert "datasets:/datasets:ro" in services["api"]["volumes"]
+    assert "datasets:/datasets:ro" in services["worker"]["volumes"]
+    for app in ("api", "worker"):
+        assert {"postgres", "redis", "seaweedfs"} <= set(services[app]["depends_on"])
+        env = services[app]["environment"]
+        assert env["MICROSCOPE_S3_ENDPOINT_URL"] == "http://seaweedfs:8333"
+        assert env["MICROSCOPE_S3_ACCESS_KEY"] == services["seaweedfs"]["environment"][
+            "AWS_ACCESS_KEY_ID"
+        ]
+    assert services["seaweedfs"]["command"][:2] == ["server", "-s3"]
