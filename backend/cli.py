@@ -60,6 +60,22 @@ def _migrate(settings: Settings) -> None:
     upgrade(settings.database_url)
 
 
+def _wait_for_services(settings: Settings) -> None:
+    from rich.markup import escape
+
+    from backend.startup import ServicesUnavailable, wait_for_services
+
+    def waiting(name: str, error: Exception) -> None:
+        why = escape(str(error))
+        err.print(f"waiting up to {settings.start_timeout:g} s for the {name}: {why}")
+
+    try:
+        wait_for_services(settings, settings.start_timeout, on_wait=waiting)
+    except ServicesUnavailable as e:
+        err.print(f"[red]error:[/] {escape(str(e))}")
+        raise typer.Exit(2) from e
+
+
 def _session(settings: Settings):  # type: ignore[no-untyped-def]
     from backend.db.session import session_scope
 
@@ -92,6 +108,7 @@ def serve(
     import uvicorn
 
     s = _settings()
+    _wait_for_services(s)
     _migrate(s)
     from backend.jobs.reconcile import reconcile
 
@@ -140,6 +157,7 @@ def worker(
 ) -> None:
     """Run a Celery worker (needs the `worker` extra: torch)."""
     s = _settings()
+    _wait_for_services(s)
     _migrate(s)
     os.execv(sys.executable, _worker_cmd(s, queues, concurrency))
 

@@ -62,6 +62,9 @@ class Settings(BaseSettings):
     job_resend_seconds: float = Field(default=300.0, gt=0)
     job_wait_hours: float = Field(default=48.0, gt=0)
     reconcile_seconds: float = Field(default=30.0, gt=0)
+    # How long `serve` and `worker` wait at start for the database and the object store (all
+    # containers of the compose file start at once).
+    start_timeout: float = 60.0
 
     @model_validator(mode="after")
     def _fill_defaults(self) -> Settings:

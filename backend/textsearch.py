@@ -4,7 +4,9 @@ A worker precomputes, per model, an index (``search_index`` artifact, .npz): eve
 text vector and the embeddings of a vocabulary (class names, prompts, dictionary words) in the
 same space. A query is embedded here by composing vocabulary entries — the whole query when it
 is a known phrase, else the mean of its known words — so answering needs one matrix-vector
-product (about a millisecond for 20k units) and no text encoder in the web process.
+product (about a millisecond for 20k units) and no text encoder in the web process. Indexes of
+``backend.vecindex.LARGE`` units or more are clustered and quantised when loaded, so a query
+reads a few percent of them at half the memory (``backend/vecindex.py``).
 
 A query can also be composed from units: a sparse non-negative combination of unit text
 vectors that approximates the query's vector (L1 regression, as for the emotion neurons).
@@ -14,13 +16,15 @@ from __future__ import annotations
 
 import io
 import re
+import threading
 import warnings
+from collections import OrderedDict
 from dataclasses import dataclass
-from functools import lru_cache
 
 import numpy as np
 
 from backend.storage import ObjectStore
+from backend.vecindex import Vectors, vector_store
 
 _WORD = re.compile(r"[a-z0-9]+(?:['-][a-z0-9]+)*")
 
@@ -64,10 +68,26 @@ class TextIndex:
         self.layers = [str(x) for x in data["layer_names"]]
         self.unit_layer = data["unit_layer"].astype(np.int32)  # (U,)
         self.unit_index = data["unit_index"].astype(np.int32)  # (U,)
-        self.unit_vecs = data["unit_vecs"].astype(np.float32)  # (U, D), rows normalised
+        self.vectors: Vectors = vector_store(data["unit_vecs"])  # (U, D), rows normalised
         self.vocab = [str(x) for x in data["vocab"]]
         self.vocab_vecs = data["vocab_vecs"].astype(np.float32)  # (V, D), rows normalised
         self.lookup = {v.lower(): i for i, v in enumerate(self.vocab)}
+
+    @property
+    def unit_vecs(self) -> np.ndarray:
+        """Every unit's vector (U, D) as float32 (reconstructed when quantised)."""
+        return self.vectors.rows(np.arange(len(self.vectors)))
+
+    def _layer_rows(self, layer: str | None) -> np.ndarray | None:
+        """The rows of ``layer`` (a layer of the index), or None for all rows."""
+        if layer is None:
+            return None
+        return np.flatnonzero(self.unit_layer == self.layers.index(layer))
+
+    @property
+    def nbytes(self) -> int:
+        """Memory held by the unit vectors and the vocabulary."""
+        return self.vectors.nbytes + int(self.vocab_vecs.nbytes)
 
     @classmethod
     def from_bytes(cls, blob: bytes) -> TextIndex:
@@ -93,19 +113,12 @@ class TextIndex:
         vec, used = self.embed(query)
         if vec is None:
             return [], []
-        scores = self.unit_vecs @ vec  # (U,)
-        if layer is not None:
-            if layer not in self.layers:
-                return [], used
-            scores = np.where(self.unit_layer == self.layers.index(layer), scores, -np.inf)
-        k = min(top, int(np.isfinite(scores).sum()))
-        if k <= 0:
+        if layer is not None and layer not in self.layers:
             return [], used
-        idx = np.argpartition(-scores, k - 1)[:k]
-        idx = idx[np.argsort(-scores[idx], kind="stable")]
+        idx, scores = self.vectors.top(vec, top, self._layer_rows(layer))
         hits = [
-            Hit(self.layers[self.unit_layer[i]], int(self.unit_index[i]), float(scores[i]))
-            for i in idx
+            Hit(self.layers[self.unit_layer[i]], int(self.unit_index[i]), float(score))
+            for i, score in zip(idx, scores, strict=True)
         ]
         return hits, used
 
@@ -123,16 +136,12 @@ class TextIndex:
         vec, used = self.embed(query)
         if vec is None:
             return None
-        scores = self.unit_vecs @ vec  # (U,)
-        if layer is not None:
-            if layer not in self.layers:
-                return None
-            scores = np.where(self.unit_layer == self.layers.index(layer), scores, -np.inf)
-        k = min(candidates, int(np.isfinite(scores).sum()))
-        if k <= 0:
+        if layer is not None and layer not in self.layers:
             return None
-        cand = np.argpartition(-scores, k - 1)[:k]
-        x = np.asfortranarray(self.unit_vecs[cand].T, dtype=np.float64)  # (D, k)
+        cand, _ = self.vectors.top(vec, candidates, self._layer_rows(layer))
+        if cand.size == 0:
+            return None
+        x = np.asfortranarray(self.vectors.rows(cand).T, dtype=np.float64)  # (D, k)
         y = vec.astype(np.float64)  # (D,)
         weights = sparse_nonnegative(x, y, max_units)  # (k,)
         keep = np.flatnonzero(weights > 0)
@@ -190,11 +199,24 @@ def sparse_nonnegative(x: np.ndarray, y: np.ndarray, max_units: int) -> np.ndarr
     return weights
 
 
-@lru_cache(maxsize=4)
-def _load(store_id: int, key: str, store: ObjectStore) -> TextIndex:
-    return TextIndex.from_bytes(store.get(key))
+# Parsed indexes kept per process, least recently used dropped first: by their size, not their
+# count, so a search across many models does not re-read every index from the store.
+CACHE_BYTES = 1 << 30
+_cache: OrderedDict[tuple[int, str], TextIndex] = OrderedDict()
+_cache_lock = threading.Lock()
 
 
 def load_index(store: ObjectStore, key: str) -> TextIndex:
     """The index under ``key``, parsed once per process (keys change when it is rebuilt)."""
-    return _load(id(store), key, store)
+    at = (id(store), key)
+    with _cache_lock:
+        if at in _cache:
+            _cache.move_to_end(at)
+            return _cache[at]
+    index = TextIndex.from_bytes(store.get(key))  # outside the lock: seconds when large
+    with _cache_lock:
+        _cache[at] = index
+        _cache.move_to_end(at)
+        while len(_cache) > 1 and sum(ix.nbytes for ix in _cache.values()) > CACHE_BYTES:
+            _cache.popitem(last=False)
+    return index

@@ -12,8 +12,8 @@ p99 on 1M units over 1k. Ends with one JSON line (figures from the largest datab
     .venv/bin/python benchmarks/server.py --postgres           # PostgreSQL on 127.0.0.1:5432
     .venv/bin/python benchmarks/server.py --patch cache_lookups --fast-deps   # try changes
 
-Needs Debian's wrk (`apt-get install -y wrk`). The machine's cores are shared by the server,
-wrk and anything else running: figures are wall-clock and noisy; CPU ms per request is
+Uses Debian's wrk, installing it with apt-get when absent. The machine's cores are shared by
+the server, wrk and anything else running: figures are wall-clock and noisy; CPU ms per request is
 steadier.
 """
 
@@ -500,6 +500,21 @@ def _pg_drop(base_url: str, name: str) -> None:
     admin.dispose()
 
 
+def _ensure_wrk() -> None:
+    """Install Debian's wrk when it is absent (as root, else through sudo)."""
+    if shutil.which("wrk") is not None:
+        return
+    print("wrk not found: installing Debian's wrk", flush=True)
+    sudo = [] if os.geteuid() == 0 else ["sudo", "-n"]
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    for cmd in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-q", "wrk"]):
+        done = subprocess.run(sudo + cmd, env=env, capture_output=True, text=True)
+        if done.returncode != 0:
+            sys.exit(f"could not install wrk ({' '.join(cmd)}): {done.stderr.strip()[-500:]}")
+    if shutil.which("wrk") is None:
+        sys.exit("apt-get installed wrk but it is not on PATH")
+
+
 def _fmt_size(n: int) -> str:
     return f"{n // 1_000_000}M" if n >= 1_000_000 else f"{n // 1000}k"
 
@@ -520,8 +535,7 @@ def main() -> None:
         "--cache", default="off,on", help="page cache modes to run: off (baseline), on (ours)"
     )
     a = p.parse_args()
-    if shutil.which("wrk") is None:
-        sys.exit("wrk not found: apt-get install -y wrk")
+    _ensure_wrk()
     if a.quick:
         a.duration, a.warmup = min(a.duration, 5.0), min(a.warmup, 1.0)
         if a.sizes == p.get_default("sizes"):

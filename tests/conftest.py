@@ -25,6 +25,7 @@ from backend.config import Settings, get_settings
 from backend.db.base import Base
 from backend.db.migrate import upgrade
 from backend.db.session import get_engine, get_sessionmaker
+from tests.seaweedfs import S3Server, seaweedfs
 
 DB_ENV = "MICROSCOPE_TEST_DATABASE_URL"
 BROKER_ENV = "MICROSCOPE_TEST_BROKER_URL"
@@ -59,6 +60,13 @@ def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     with admin.connect() as conn:
         conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """A real S3 server (SeaweedFS) on loopback for the whole session, started on first use."""
+    with seaweedfs(tmp_path_factory.mktemp("seaweedfs")) as server:
+        yield server
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""S3-compatible object store (MinIO in docker-compose; any S3 API)."""
+"""S3-compatible object store (SeaweedFS in docker-compose and the tests; any S3 API)."""
 
 from __future__ import annotations
 

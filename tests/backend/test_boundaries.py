@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 # The compose file names no password of its own: each comes from the environment.
@@ -155,3 +156,14 @@ def test_docker_compose_file_is_valid() -> None:
     for service in ("postgres", "redis", "minio", "api", "worker", "flower"):
         assert f"  {service}:" in out.stdout
     assert "driver: nvidia" in out.stdout
+    services = yaml.safe_load(out.stdout)["services"]
+    # The API checks a dataset folder exists when it is registered; it never writes there.
+    assert "datasets:/datasets:ro" in services["api"]["volumes"]
+    assert "datasets:/datasets:ro" in services["worker"]["volumes"]
+    for app in ("api", "worker"):
+        assert {"postgres", "redis", "minio"} <= set(services[app]["depends_on"])
+        env = services[app]["environment"]
+        assert env["MICROSCOPE_S3_ENDPOINT_URL"] == "http://minio:9000"
+        assert env["MICROSCOPE_S3_ACCESS_KEY"] == services["minio"]["environment"][
+            "MINIO_ROOT_USER"
+        ]

@@ -1,15 +1,15 @@
 from __future__ import annotations
 
 import os
-import socket
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from botocore.exceptions import ClientError
 
 from backend.config import Settings
 from backend.storage import InvalidKey, NotFound, artifact_key, make_store, params_hash
 from backend.storage.local import LocalStore
+from tests.seaweedfs import S3Server
 
 
 @pytest.mark.parametrize(
@@ -55,30 +55,13 @@ def test_artifact_keys_are_derived_and_safe() -> None:
     assert artifact_key("m", "..", 1, "x", ph, "json").split("/")[1] == "__"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@pytest.fixture(scope="module")
-def s3_endpoint() -> Iterator[str]:
-    from moto.server import ThreadedMotoServer
-
-    port = _free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
-    server.start()
-    yield f"http://127.0.0.1:{port}"
-    server.stop()
-
-
-def test_s3_backend_against_a_real_s3_server(s3_endpoint: str, tmp_path: Path) -> None:
+def test_s3_backend_against_a_real_s3_server(s3_server: S3Server, tmp_path: Path) -> None:
     settings = Settings(
         data_dir=tmp_path,
         storage_url="s3://microscope-test/prefix",
-        s3_endpoint_url=s3_endpoint,
-        s3_access_key="test",
-        s3_secret_key="test",
+        s3_endpoint_url=s3_server.endpoint_url,
+        s3_access_key=s3_server.access_key,
+        s3_secret_key=s3_server.secret_key,
     )
     store = make_store(settings)
     key = artifact_key("m", "layer", 0, "featvis", "abc", "webp")
@@ -93,3 +76,26 @@ def test_s3_backend_against_a_real_s3_server(s3_endpoint: str, tmp_path: Path) -
         store.get(key)
     with pytest.raises(InvalidKey):
         store.put("../escape", b"x")
+
+
+def test_s3_prefixes_share_a_bucket_and_credentials_are_checked(
+    s3_server: S3Server, tmp_path: Path
+) -> None:
+    def store(prefix: str, secret: str):  # type: ignore[no-untyped-def]
+        return make_store(
+            Settings(
+                data_dir=tmp_path,
+                storage_url=f"s3://microscope-shared/{prefix}",
+                s3_endpoint_url=s3_server.endpoint_url,
+                s3_access_key=s3_server.access_key,
+                s3_secret_key=secret,
+            )
+        )
+
+    a, b = store("a", s3_server.secret_key), store("b", s3_server.secret_key)
+    a.put("m/x.json", b"a")
+    b.put("m/x.json", b"b")
+    assert (a.get("m/x.json"), b.get("m/x.json")) == (b"a", b"b")
+    assert a.list() == ["m/x.json"] and b.list("m/") == ["m/x.json"]
+    with pytest.raises(ClientError, match="SignatureDoesNotMatch|AccessDenied|InvalidAccessKeyId"):
+        store("a", "not-the-secret").get("m/x.json")
