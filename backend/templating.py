@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from fastapi.templating import Jinja2Templates
 
 from backend import urls
-from backend.catalog.views import featvis_objective
 from contracts.jobs import OBJECTIVE_TITLES
 
 FRONTEND = Path(__file__).resolve().parent.parent / "frontend"
@@ -25,6 +25,14 @@ templates.env.globals.update(
     objectives=OBJECTIVE_TITLES,
     htmx_vendored=(FRONTEND / "static" / "vendor" / "htmx.min.js").exists(),
 )
+
+
+def featvis_objective(a: Any) -> str:
+    """The objective that made a feature visualization. Renders from before the top-16
+    objective had its own name recorded "channel" with 16 top positions."""
+    params = a.provenance.get("params") or {}
+    name = str(params.get("objective") or a.variant.split("-")[0])
+    return "channel_top16" if name == "channel" and params.get("top_positions") else name
 
 
 templates.env.filters["objective"] = featvis_objective

@@ -26,6 +26,11 @@ class StructureRepository:
         ).all()
         return [(i, label) for i, label in rows if label is not None]
 
+    def family_slugs(self) -> list[str]:
+        """Every family's slug, for the form's choice (read from the table: the catalog
+        never imports the families package, which is built on it)."""
+        return list(self.session.scalars(select(Family.slug).order_by(Family.slug)))
+
     def family_units(self, layer_id: int, slug: str) -> list[int] | None:
         """Indices of a family's members in this layer; None when there is no such family."""
         fam = self.session.scalar(select(Family.id).where(Family.slug == slug))

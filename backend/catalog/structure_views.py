@@ -22,7 +22,6 @@ from backend.catalog.structure import (
 from backend.catalog.structure_repository import StructureRepository
 from backend.db.models import Layer, Model
 from backend.errors import MicroscopeError
-from backend.families.service import list_families
 from backend.storage import ObjectStore
 from backend.templating import is_htmx
 from contracts import weight_views as wv
@@ -164,7 +163,7 @@ def branch_form(
     return {
         "branches": [{"name": n, "start": a, "stop": b, "size": b - a} for n, a, b in branches],
         "source": source,
-        "families": [f.slug for f in list_families(session)],
+        "families": StructureRepository(session).family_slugs(),
         "properties": {k: v[2] for k, v in bs.PROPERTY_SETS.items()},
         "kind": kind or "label",
         "q": q,

@@ -80,14 +80,6 @@ def read_json_dict(store: ObjectStore, art: ArtifactOut | None) -> dict[str, Any
     return data if isinstance(data, dict) else None
 
 
-def featvis_objective(a: ArtifactOut) -> str:
-    """The objective that made a feature visualization. Renders from before the top-16
-    objective had its own name recorded "channel" with 16 top positions."""
-    params = a.provenance.get("params") or {}
-    name = str(params.get("objective") or a.variant.split("-")[0])
-    return "channel_top16" if name == "channel" and params.get("top_positions") else name
-
-
 def _ranked(store: ObjectStore, arts: list[ArtifactOut]) -> list[dict[str, Any]]:
     ranked = read_json(store, next(iter(arts), None), RankedStrings)
     if ranked is None:
