@@ -2,7 +2,7 @@
 
 Malicious and mismatched checkpoints, decompression bombs, huge, empty and non-image files,
 path traversal in object keys and URLs, very long and non-ASCII names, and HTML/script in
-labels and family names. INPUTS counts what is tried (RELIABILITY.md publishes it)."""
+labels and family names (RELIABILITY.md counts them)."""
 
 from __future__ import annotations
 
@@ -95,9 +95,6 @@ def _hostile_dataset(root: Path) -> dict[str, str | None]:
     put("zlib-bomb.gif", b"GIF89a" + zlib.compress(b"\x00" * 10_000_000), "not an image")
     put("huge.jpg", ok.getvalue() + b"\x00" * (2 * 2**20), "too large")
     return expected
-
-
-INPUTS = 10 + 4 * 2 + 3  # dataset files + pickles tried + other checkpoints (see the tests)
 
 
 def test_hostile_files_are_skipped_and_counted_by_reason(settings, tmp_path, monkeypatch) -> None:

@@ -10,6 +10,7 @@ import json
 import os
 import random
 import signal
+import socket
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -129,33 +130,42 @@ class Killer:
         self.kills: list[str] = []
         self.proc = worker(env, log, "crash", pool="prefork")
 
-    def _running(self, kinds: Iterable[str]) -> bool:
-        return "running" in _states(self.url, kinds).values()
+    def _pool_running(self, kinds: Iterable[str]) -> int | None:
+        """The pool process, while it runs a job of ``kinds`` (it holds the job's lease)."""
+        pool = children(self.proc.pid)
+        if not pool:
+            return None
+        holder = f"{socket.gethostname()}:{pool[0]}"
+        with session_scope(self.url) as s:
+            held = s.scalar(
+                select(Job.id).where(
+                    Job.state == "running", Job.kind.in_(list(kinds)), Job.worker == holder
+                )
+            )
+        return pool[0] if held is not None else None
 
     def phase(self, kinds: tuple[str, ...], kills: int, whole_first: bool = False) -> None:
         """Kill ``kills`` times during jobs of ``kinds``, then let every one of them finish."""
         done = 0
         deadline = time.monotonic() + 420
         while done < kills and time.monotonic() < deadline:
-            if not self._running(kinds):
+            if self._pool_running(kinds) is None:
                 if set(_states(self.url, kinds).values()) == {"succeeded"}:
                     break  # finished before every kill landed: the count below says so
                 time.sleep(0.05)
                 continue
             time.sleep(self.rng.uniform(0.05, 0.6))  # a random point in the job
-            if not self._running(kinds):
+            pid = self._pool_running(kinds)
+            if pid is None:
                 continue
             if whole_first and done == 0:
                 stop(self.proc, signal.SIGKILL)  # the whole worker: its messages are lost
                 self.kills.append(f"worker during {kinds[0]}")
                 self.proc = worker(self.env, self.log, "crash", pool="prefork")
             else:
-                pool = children(self.proc.pid)
-                if not pool:
-                    continue
-                os.kill(pool[0], signal.SIGKILL)
+                os.kill(pid, signal.SIGKILL)
                 self.kills.append(f"pool process during {kinds[0]}")
-                wait_for(lambda p=pool[0]: children(self.proc.pid) not in ([], [p]), 60, "respawn")
+                wait_for(lambda p=pid: children(self.proc.pid) not in ([], [p]), 60, "respawn")
             done += 1
         assert done == kills, f"only {done} kills landed during {kinds}"
         wait_for(
