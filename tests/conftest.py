@@ -148,15 +148,17 @@ def server(settings) -> Iterator[str]:  # type: ignore[no-untyped-def]
         env=dict(os.environ),
     )
     url = f"http://127.0.0.1:{port}"
-    for _ in range(100):
+    # Importing the app takes seconds (longer on a loaded 2-core machine): wait up to 60 s.
+    deadline = time.monotonic() + 60
+    while True:
         try:
             urllib.request.urlopen(f"{url}/healthz", timeout=1)
             break
         except OSError:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                proc.kill()
+                raise RuntimeError("server did not start") from None
             time.sleep(0.1)
-    else:
-        proc.kill()
-        raise RuntimeError("server did not start")
     yield url
     proc.terminate()
     proc.wait(10)

@@ -4,13 +4,13 @@ dots lead to the other units' weights."""
 from __future__ import annotations
 
 import io
-import json
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from backend.storage import make_store
+from contracts.artifacts import FactorInput, WeightsFactors, WeightsSvd
 from tests.factories import make_artifact, make_layer, make_model
 
 pytestmark = pytest.mark.browser
@@ -33,17 +33,28 @@ def weights(session, settings):  # type: ignore[no-untyped-def]
             session, store, m, layer, u, "weights_nmf", nmf_png(u), "png", "image/png", "rgb"
         )
         a.meta = {"kernel": [3, 3]}
-    factors = {
-        "inputs": "input channels of blocks.1.conv",
-        "error": 0.3,
-        "colours": {
-            c: [{"channel": i, "sign": "+", "share": 0.5}]
+    # The JSON views as the weight-views job writes them: through their contract models.
+    factors = WeightsFactors(
+        inputs="input channels of blocks.1.conv",
+        input_count=3,
+        kernel=(3, 3),
+        error=0.3,
+        converged=True,
+        colours={
+            c: [FactorInput(channel=i, name=str(i), sign="+", share=0.5)]
             for i, c in enumerate(("red", "green", "blue"))
         },
-    }
-    svd = {"inputs": "input channels of blocks.1.conv", "units": [[u, u % 3] for u in range(6)]}
+        components=[[0.0] * 6 for _ in range(3)],
+    )
+    svd = WeightsSvd(
+        matrix="sum over kernel positions of |W|, rows: units, columns: inputs",
+        inputs="input channels of blocks.1.conv",
+        units=[(float(u), float(u % 3)) for u in range(6)],
+        input_channels=[(0.0, 0.0)] * 3,
+        singular_values=[2.0, 1.0],
+    )
     for variant, kind, data in [("factors", "weights_nmf", factors), ("", "weights_svd", svd)]:
-        blob = json.dumps(data).encode()
+        blob = data.model_dump_json().encode()
         make_artifact(
             session, store, m, layer, None, kind, blob, "json", "application/json", variant
         )
