@@ -20,11 +20,10 @@ from __future__ import annotations
 import numpy as np
 
 LARGE = 100_000  # rows from which an index is clustered and quantised
-PROBES = 8  # clusters scanned per query, at least (then up to an eighth of the rows)
+PROBES = 8  # clusters scanned per query, at least; an eighth of them for large K
 CANDIDATES = 10  # re-ranked per result asked for (at least MIN_CANDIDATES)
 MIN_CANDIDATES = 200
 KMEANS_ITERS = 10
-SPLIT_PASSES = 4
 KMEANS_SAMPLE = 64  # rows per centroid sampled to train the k-means
 _CHUNK = 65536  # rows per matrix product while building
 
@@ -83,23 +82,16 @@ class QuantisedVectors:
         u, d = vecs.shape
         rng = np.random.default_rng(seed)
         k = clusters or max(16, round(float(np.sqrt(u)) / 4))
-        centroids = _spherical_kmeans(vecs, k, rng)
-        assign = _nearest(vecs, centroids)
-        target = u / k
-        for _ in range(SPLIT_PASSES):  # a split cluster can be lopsided in turn
-            centroids, assign = _split_large(vecs, centroids, assign, target, rng)
-        self.centroids = centroids
-        # A query scans its nearest clusters until it has read an eighth of the rows (at
-        # least ``probes`` clusters): recall falls with the share read, and queries between
-        # concepts (two-word phrases) have neighbours in several clusters.
-        self.probes = min(len(self.centroids), probes)
-        self.budget = u // 8
+        # Recall falls with the share of rows scanned, so it stays about an eighth: the
+        # queries between concepts (two-word phrases) have neighbours in several clusters.
+        self.probes = min(k, max(probes, k // 8))
+        self.centroids = _spherical_kmeans(vecs, k, rng)  # (K, D)
+        assign = _nearest(vecs, self.centroids)  # (U,)
         order = np.argsort(assign, kind="stable")
         self.order = order.astype(np.int32)  # position -> row id
         self.position = np.empty(u, dtype=np.int32)  # row id -> position
         self.position[order] = np.arange(u, dtype=np.int32)
-        counts = np.bincount(assign, minlength=len(self.centroids))
-        self.offsets = np.concatenate([[0], np.cumsum(counts)])
+        self.offsets = np.concatenate([[0], np.cumsum(np.bincount(assign, minlength=k))])
         self.codes = np.empty((u, d), dtype=np.int8)  # coarse, scanned
         self.fine = np.empty((u, d), dtype=np.int8)  # residual, for re-ranking
         self.scale = np.empty(u, dtype=np.float32)
@@ -144,9 +136,7 @@ class QuantisedVectors:
             scores = self._refined(pos) @ q
             best = top_k(scores, k)
             return among[best], scores[best]
-        nearest = np.argsort(-(self.centroids @ q), kind="stable")  # (K,)
-        rows = np.cumsum(np.diff(self.offsets)[nearest])
-        probe = nearest[: max(self.probes, int(np.searchsorted(rows, self.budget)) + 1)]
+        probe = top_k(self.centroids @ q, self.probes)
         positions = np.concatenate([np.arange(self.offsets[c], self.offsets[c + 1]) for c in probe])
         # One gather and one product: each BLAS call costs a thread hand-off, which on a busy
         # machine can take longer than the product itself.
@@ -188,34 +178,6 @@ def _nearest(vecs: np.ndarray, centroids: np.ndarray) -> np.ndarray:
         block = np.asarray(vecs[start : start + _CHUNK], dtype=np.float32)
         out[start : start + block.shape[0]] = np.argmax(block @ centroids.T, axis=1)
     return out
-
-
-def _split_large(
-    vecs: np.ndarray,
-    centroids: np.ndarray,
-    assign: np.ndarray,
-    target: float,
-    rng: np.random.Generator,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Re-cluster every cluster over twice ``target`` rows into clusters of about ``target``.
-
-    k-means on vectors that share a common direction leaves a few clusters holding most rows
-    (measured: 14 of 112 held 78%), and a query landing in one would read them all."""
-    sizes = np.bincount(assign, minlength=centroids.shape[0])
-    out = [centroids]
-    assign = assign.copy()
-    next_id = centroids.shape[0]
-    for c in np.flatnonzero(sizes > 2 * target):
-        members = np.flatnonzero(assign == c)
-        rows = np.asarray(vecs[members], dtype=np.float32)
-        sub = _spherical_kmeans(rows, int(np.ceil(sizes[c] / target)), rng)
-        part = _nearest(rows, sub)
-        centroids[c] = sub[0]
-        for j in range(1, sub.shape[0]):
-            assign[members[part == j]] = next_id
-            next_id += 1
-        out.append(sub[1:])
-    return np.concatenate(out).astype(np.float32), assign
 
 
 def _spherical_kmeans(vecs: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
