@@ -140,9 +140,11 @@ def server(settings) -> Iterator[str]:  # type: ignore[no-untyped-def]
         env=dict(os.environ),
     )
     url = f"http://127.0.0.1:{port}"
-    for _ in range(100):
+    # /healthz checks the database and the broker: on a busy machine that takes seconds.
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
         try:
-            urllib.request.urlopen(f"{url}/healthz", timeout=1)
+            urllib.request.urlopen(f"{url}/healthz", timeout=10)
             break
         except OSError:
             time.sleep(0.1)
