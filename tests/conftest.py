@@ -148,11 +148,12 @@ def server(settings) -> Iterator[str]:  # type: ignore[no-untyped-def]
         env=dict(os.environ),
     )
     url = f"http://127.0.0.1:{port}"
-    # Importing the app takes seconds (longer on a loaded 2-core machine): wait up to 60 s.
+    # Importing the app takes seconds, and /healthz checks the database and the broker: on a
+    # loaded 2-core machine that took over 10 s. Wait up to 60 s.
     deadline = time.monotonic() + 60
     while True:
         try:
-            urllib.request.urlopen(f"{url}/healthz", timeout=1)
+            urllib.request.urlopen(f"{url}/healthz", timeout=10)
             break
         except OSError:
             if time.monotonic() > deadline or proc.poll() is not None:

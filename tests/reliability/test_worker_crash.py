@@ -35,7 +35,7 @@ SPEC = "timm:test_efficientnet"  # random init (seeded): tiny and offline
 LAYERS = ("blocks.0", "blocks.2")
 IMAGES = 32
 FEATVIS_UNITS = 4
-STEPS = 12  # optimisation steps per render (512 by default)
+STEPS = 24  # optimisation steps per render (512 by default)
 MINING, FEATVIS = ("mine_examples", "mine_shard"), ("featvis",)
 KILLS = {MINING: 6, FEATVIS: 6}  # 12 in all, the first featvis one of the whole worker
 
@@ -147,6 +147,7 @@ class Killer:
     def phase(self, kinds: tuple[str, ...], kills: int, whole_first: bool = False) -> None:
         """Kill ``kills`` times during jobs of ``kinds``, then let every one of them finish."""
         done = 0
+        longest = 0.6  # the latest point after a job starts at which it is killed
         deadline = time.monotonic() + 420
         while done < kills and time.monotonic() < deadline:
             if self._pool_running(kinds) is None:
@@ -154,9 +155,10 @@ class Killer:
                     break  # finished before every kill landed: the count below says so
                 time.sleep(0.05)
                 continue
-            time.sleep(self.rng.uniform(0.05, 0.6))  # a random point in the job
+            time.sleep(self.rng.uniform(0.02, longest))  # a random point in the job
             pid = self._pool_running(kinds)
-            if pid is None:
+            if pid is None:  # it finished first: aim earlier (a fast machine's jobs are short)
+                longest = max(0.05, longest / 2)
                 continue
             if whole_first and done == 0:
                 stop(self.proc, signal.SIGKILL)  # the whole worker: its messages are lost
