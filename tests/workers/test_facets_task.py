@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 from pathlib import Path
 
 import numpy as np
@@ -105,7 +106,9 @@ def test_a_trained_facet_is_stored_listed_and_steers_a_render(
         model = s.get(Model, ready_model)
         target = s.scalar(select(Layer).where(Layer.model_id == model.id, Layer.name == "blocks.4"))
         lower = s.scalar(select(Layer).where(Layer.model_id == model.id, Layer.name == "blocks.1"))
-        with pytest.raises(InvalidInput, match="reads layer blocks.2, which is not below"):
+        # The probe reads the middle default layer, which is above blocks.1.
+        above = rf"reads layer {re.escape(layer.name)}, which is not below"
+        with pytest.raises(InvalidInput, match=above):
             request_featvis(s, model, lower, 2, "channel", "red-stripes")
         plain = request_featvis(s, model, target, 2, "channel").id
         steered = request_featvis(s, model, target, 2, "channel", "red-stripes")
@@ -147,7 +150,8 @@ def test_a_render_whose_facet_is_gone_fails_readably(settings, ready_model, data
         facet, generic = (
             s.scalar(select(Dataset).where(Dataset.slug == x)) for x in ("stripes", "noise")
         )
-        train_id = request_facet(s, model, "stripes", facet, generic, "blocks.0").id
+        # A layer below blocks.1 (layer discovery names the first block's conv, not blocks.0).
+        train_id = request_facet(s, model, "stripes", facet, generic, "conv_stem").id
         s.info.clear()
     assert run_job(train_id, train) == "succeeded"
     with session_scope(url) as s:
