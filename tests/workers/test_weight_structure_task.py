@@ -8,7 +8,7 @@ import json
 
 import pytest
 from bs4 import BeautifulSoup
-from sqlalchemy import insert, select
+from sqlalchemy import select
 
 from backend.catalog.service import add_model
 from backend.db.models import Artifact, Job, Layer, Model, Unit
@@ -22,17 +22,6 @@ from workers.tasks.weights import weight_views
 
 pytestmark = pytest.mark.slow
 HTML = {"Accept": "text/html"}
-
-# torchvision GoogLeNet's layers as the architectures issue (#12) registers them.
-GOOGLENET = [
-    ("conv1", "stem", 64, 112),
-    ("conv2", "conv", 64, 56),
-    ("conv3", "conv", 192, 56),
-    ("inception3a", "block", 256, 28),
-    ("inception3b", "block", 480, 28),
-    ("inception4a", "block", 512, 14),
-]
-
 
 def payloads(settings, model_id: int, kind: str) -> dict[str, object]:  # type: ignore[no-untyped-def]
     store = make_store(settings)
@@ -67,91 +56,76 @@ def run_weight_views(settings, mid: int, layers: list[str] | None = None) -> str
         return str(s.get(Job, job_id).message)
 
 
-# torchvision warns that GoogLeNet's default init will change (the loader is issue #12's).
+# torchvision warns that GoogLeNet's default init will change.
 @pytest.mark.filterwarnings("ignore:The default weight initialization of GoogleNet")
-@pytest.mark.skip(
-    reason="written before #12's layer discovery landed: registration now makes GoogLeNet's "
-    "conv1-3 and mixed3a... layers itself, so this test's own layers collide; rewrite it "
-    "with the registered names (see the session 4 note)"
-)
 def test_googlenet_branches_circuits_and_the_mixed3b_question(settings, client) -> None:
     mid = registered(settings, "torchvision:googlenet")
-    with session_scope(settings.database_url) as s:
-        # Until the catalog registers GoogLeNet's layers itself, add them as it will.
-        for order, (name, kind, units, side) in enumerate(GOOGLENET):
-            layer = Layer(
-                model_id=mid, name=name, module_path=name, kind=kind, unit_count=units,
-                output_shape=[units, side, side], layout={"kind": "nchw", "prefix_tokens": 0},
-                order=-10 + order, is_default=kind != "stem",
-            )
-            s.add(layer)
-            s.flush()
-            s.execute(insert(Unit), [{"layer_id": layer.id, "index": i} for i in range(units)])
-    message = run_weight_views(settings, mid)
-    assert "inception3b: skipped (no convolution in inception3b outputs its units)" in message
+    # The registered names: Microscope's mixed3a... for torchvision's inception3a...
+    layers = ["conv1", "conv2", "conv3", "mixed3a", "mixed3b", "mixed4a"]
+    message = run_weight_views(settings, mid, layers)
+    assert "mixed3b: skipped (no convolution in inception3b outputs its units)" in message
 
     branches = payloads(settings, mid, wv.BRANCHES)
-    got = [(b.name, b.stop - b.start) for b in branches["inception3b"].branches]
-    assert got == [("branch1", 128), ("branch2", 192), ("branch3", 96), ("branch4", 64)]
+    got = [(b.name, b.stop - b.start) for b in branches["mixed3b"].branches]
+    assert got == [("1x1", 128), ("3x3", 192), ("5x5", 96), ("pool_reduce", 64)]
     assert branches["conv3"].branches == [] and branches["conv3"].reason
 
     circuits = payloads(settings, mid, wv.CIRCUITS)
     c3 = circuits["conv3"]
     assert c3.inputs.layer == "conv2" and c3.inputs.method == "weights"
     assert c3.inputs.convs == ["conv3.conv"]
-    mixed = circuits["inception3b"]
-    assert mixed.inputs.layer == "inception3a" and mixed.inputs.method == "expanded"
-    assert len(mixed.inputs.convs) == 6 and mixed.outputs.layer == "inception4a"
+    mixed = circuits["mixed3b"]
+    assert mixed.inputs.layer == "mixed3a" and mixed.inputs.method == "expanded"
+    assert len(mixed.inputs.convs) == 6 and mixed.outputs.layer == "mixed4a"
     assert len(mixed.units) == 480 and all(u.inputs and u.outputs for u in mixed.units)
     # The strongest link between the two modules is the top of its row and of its column.
     j, (i, w) = max(
         ((j, u.inputs.positive[0]) for j, u in enumerate(mixed.units)), key=lambda t: t[1][1]
     )
-    assert circuits["inception3a"].units[i].outputs.positive[0] == (j, w)
+    assert circuits["mixed3a"].units[i].outputs.positive[0] == (j, w)
 
     banding = payloads(settings, mid, wv.BANDING)
-    b = banding["inception3b"]
-    assert b.score is not None and -1 <= b.score <= 1 and "branch2 3x3 (192 units)" in b.maps
+    b = banding["mixed3b"]
+    assert b.score is not None and -1 <= b.score <= 1
+    # torchvision's "5x5" branch convolves 3x3 (a known port difference): the page says so.
+    assert "3x3 branch, 3x3 kernels (192 units)" in b.maps
+    assert "5x5 branch, 3x3 kernels (96 units)" in b.maps
     assert sum(u is not None for u in b.units) == 192 + 96  # 1x1 branches have no map
     assert banding["conv2"].reason  # 1x1
-    groups = payloads(settings, mid, wv.CLUSTERS)["inception3b"]
+    groups = payloads(settings, mid, wv.CLUSTERS)["mixed3b"]
     assert 4 <= groups.k <= 19 and sum(len(g.units) for g in groups.groups) == 192 + 96
     pair = payloads(settings, mid, wv.SVD_PAIR)["conv1"]
     assert pair.second == ["conv2.conv"] and len(pair.units) == 64
     assert 0 < pair.explained[1] <= pair.explained[0] < 1
     props = payloads(settings, mid, wv.PROPERTIES)
-    assert not props["conv1"].carried and props["inception3b"].carried
-    assert len(props["inception3b"].colour) == 480
+    assert not props["conv1"].carried and props["mixed3b"].carried
+    assert len(props["mixed3b"].colour) == 480
 
     # The article's question, asked in the browser's terms: 30 curve units in mixed3b.
     with session_scope(settings.database_url) as s:
-        layer = s.scalar(select(Layer).where(Layer.model_id == mid, Layer.name == "inception3b"))
+        layer = s.scalar(select(Layer).where(Layer.model_id == mid, Layer.name == "mixed3b"))
         for u in s.scalars(select(Unit).where(Unit.layer_id == layer.id, Unit.index >= 330)):
             if u.index < 360:
                 u.label = "curve"
         slug = s.get(Model, mid).slug
     page = BeautifulSoup(
-        client.get(f"/models/{slug}/inception3b?set=label&q=curve", headers=HTML).text,
+        client.get(f"/models/{slug}/mixed3b?set=label&q=curve", headers=HTML).text,
         "html.parser",
     )
-    assert page.select_one(".branch-result tr.best th").text == "branch3"
+    assert page.select_one(".branch-result tr.best th").text == "5x5"
     assert float(page.select_one(".branch-result .p-value").text) < 1e-20
     # A unit to its strongest input and back: the input's page lists outputs into 3b.
     unit = BeautifulSoup(
-        client.get(f"/models/{slug}/inception3b/{j}?view=weights", headers=HTML).text,
+        client.get(f"/models/{slug}/mixed3b/{j}?view=weights", headers=HTML).text,
         "html.parser",
     )
     first = unit.select_one(".circuit-side[data-side=inputs] .circuit-links.pos a")
-    assert first["href"] == f"/models/{slug}/inception3a/{i}?view=weights"
+    assert first["href"] == f"/models/{slug}/mixed3a/{i}?view=weights"
     back = BeautifulSoup(client.get(first["href"], headers=HTML).text, "html.parser")
     top = back.select_one(".circuit-side[data-side=outputs] .circuit-links.pos a")
-    assert top["href"] == f"/models/{slug}/inception3b/{j}?view=weights"
+    assert top["href"] == f"/models/{slug}/mixed3b/{j}?view=weights"
 
 
-@pytest.mark.skip(
-    reason="written before #12's layer discovery landed (it names ResNet-50's layers by new "
-    "rules); failed on the merged tree, rewrite with the registered names (session 4 note)"
-)
 def test_resnet50_residual_circuits_and_the_last_blocks_banding(settings, client) -> None:
     mid = registered(settings, "torchvision:resnet50")
     message = run_weight_views(settings, mid, ["conv1", "layer1.0", "layer1.1", "layer4.2"])

@@ -30,6 +30,27 @@ def get_module(model: nn.Module, path: str) -> nn.Module:
     return modules[path]
 
 
+def norm_or_act(m: nn.Module) -> bool:
+    """A module that only normalises or activates its input (timm's BatchNormAct2d too)."""
+    acts = (nn.ReLU, nn.ReLU6, nn.SiLU, nn.GELU, nn.Hardswish, nn.Identity)
+    return isinstance(m, (nn.BatchNorm2d, *acts))
+
+
+def producing_conv(model: nn.Module, path: str, units: int) -> str:
+    """The module whose weights make a layer's units: the layer's own, or, for a layer read
+    after its activation (AlexNet's ``features.1``, ResNet's stem ``relu``), the nearest
+    convolution defined before it with one output channel per unit. Weight views and linear
+    readouts skip activations, so both are read through that convolution."""
+    if not path or not norm_or_act(get_module(model, path)):
+        return path
+    named = list(model.named_modules())
+    at = [p for p, _ in named].index(path)
+    for p, m in reversed(named[:at]):
+        if isinstance(m, nn.Conv2d) and m.out_channels == units:
+            return p
+    return path
+
+
 def _first_tensor(output: object) -> torch.Tensor:
     if isinstance(output, torch.Tensor):
         return output

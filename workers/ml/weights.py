@@ -22,7 +22,7 @@ from sklearn.exceptions import ConvergenceWarning
 from torch import nn
 
 from contracts.artifacts import FactorInput, WeightsFactors, WeightsSvd
-from workers.ml.hooks import capture
+from workers.ml.hooks import capture, producing_conv
 
 # Path segments of modules whose convolutions do not produce a block's units: the residual
 # shortcut and squeeze-excite / attention gates (whose output scales, never adds).
@@ -149,6 +149,7 @@ def unit_weights(
 ) -> UnitWeights:
     """The kernel of each of a layer's ``unit_count`` units, found from ``order``
     (:func:`conv_order`); NoWeights says why there is none."""
+    module_path = producing_conv(model, module_path, unit_count)
     prefix = f"{module_path}." if module_path else ""
     inside = [c for c in order if c.path == module_path or c.path.startswith(prefix)]
     widest = max((c.out_side for c in inside), default=1)

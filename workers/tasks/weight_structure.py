@@ -170,7 +170,7 @@ class StructureRun:
                 continue
             spatial = buw.weight.shape[2] * buw.weight.shape[3] > 1
             bmaps = nmf_rgb(buw.weight).maps if spatial else None  # 3 colours, as the layer's
-            sets.append(KernelSet(b.name, b.start, buw, bmaps))
+            sets.append(KernelSet(shown_name(layer, b), b.start, buw, bmaps))
         return sets
 
     def _banding(self, layer: Layer, sets: list[KernelSet], reason: str) -> str:
@@ -247,7 +247,9 @@ class StructureRun:
         else:
             payload = wv.BranchesPayload(
                 source=source,  # type: ignore[arg-type]
-                branches=[wv.BranchOut(**b.__dict__) for b in found],
+                branches=[
+                    wv.BranchOut(**{**b.__dict__, "name": shown_name(layer, b)}) for b in found
+                ],
             )
         self._publish(layer, wv.BRANCHES, payload, method=source)
         return f"{len(found)} branches" if found else ""
@@ -339,6 +341,16 @@ class StructureRun:
         return "first-pair SVD"
 
 
+def shown_name(layer: Layer, branch: DerivedBranch) -> str:
+    """A branch read from the network, named as the catalog names the same units (GoogLeNet's
+    child module ``branch3`` is the layer's ``5x5`` branch), so every view of a layer speaks
+    of its branches by one name; the module's own name where the catalog lists none."""
+    for b in layer.branches or []:
+        if (b.get("start"), b.get("stop")) == (branch.start, branch.stop):
+            return str(b["name"])
+    return branch.name
+
+
 @dataclass
 class KernelSet:
     """Kernels of some of a layer's units that read one input space (and their maps)."""
@@ -360,11 +372,11 @@ def _describe(sets: list[KernelSet], branched: bool) -> str:
         through = f", expanded through {', '.join(k.uw.convs[1:])}" if k.uw.expanded else ""
         return f"NMF-RGB maps, {k.kernel[0]}x{k.kernel[1]}{through}"
     parts = [
-        f"{k.name} {k.kernel[0]}x{k.kernel[1]} ({k.uw.weight.shape[0]} units)"
+        f"{k.name} branch, {k.kernel[0]}x{k.kernel[1]} kernels ({k.uw.weight.shape[0]} units)"
         for k in sets
         if k.maps is not None
     ]
-    flat = [k.name for k in sets if k.maps is None]
+    flat = [f"{k.name} branch" for k in sets if k.maps is None]
     text = "NMF-RGB maps fitted per branch on each branch's own kernels: " + ", ".join(parts)
     return text + (f"; {', '.join(flat)} are 1x1 and not counted" if flat else "")
 

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from workers.ml.hooks import producing_conv
 from workers.ml.models import LoadedModel
 
 TextEncoder = Callable[[Sequence[str]], torch.Tensor]  # texts -> (T, D) L2-normalised
@@ -183,12 +184,6 @@ def clip_head(loaded: LoadedModel) -> TextHead:
 # Image classifiers
 
 
-def _norm_or_act(m: nn.Module) -> bool:
-    """A module that only normalises or activates its input (timm's BatchNormAct2d too)."""
-    acts = (nn.ReLU, nn.ReLU6, nn.SiLU, nn.GELU, nn.Hardswish, nn.Identity)
-    return isinstance(m, (nn.BatchNorm2d, *acts))
-
-
 def _classifier_parts(loaded: LoadedModel) -> tuple[str, nn.Linear, torch.Tensor]:
     """(last layer path, final Linear, per-unit gain (U,)) of a GAP + linear classifier."""
     from workers.ml.layers import enumerate_layers
@@ -208,15 +203,9 @@ def _classifier_parts(loaded: LoadedModel) -> tuple[str, nn.Linear, torch.Tensor
     ]
     if not layers:
         raise NoTextHead("could not find the layer the classifier head reads")
-    last_path = layers[-1].module_path
-    paths = [p for p, _ in named]
-    if _norm_or_act(model.get_submodule(last_path)):
-        # A post-activation layer is read through the convolution that makes it: the
-        # linearised readout skips activations and folds the norm in below as a gain.
-        for p, m in reversed(named[: paths.index(last_path)]):
-            if isinstance(m, nn.Conv2d) and m.out_channels == units:
-                last_path = p
-                break
+    # A post-activation layer is read through the convolution that makes it: the
+    # linearised readout skips activations and folds the norm in below as a gain.
+    last_path = producing_conv(model, layers[-1].module_path, units)
     # A BatchNorm between that layer and the head (timm EfficientNet's bn2) is part of the
     # linearised readout: its per-channel scale may even flip a unit's sign.
     order = [p for p, _ in named]
