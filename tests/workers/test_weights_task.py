@@ -64,7 +64,9 @@ def test_every_unit_of_a_conv_layer_gets_an_nmf_image_and_svd_coordinates(
 ) -> None:
     store = make_store(settings)
     with session_scope(settings.database_url) as s:
-        for name, units, side in [("conv_stem", 24, 3), ("blocks.0", 16, 3), ("blocks.3", 48, 3)]:
+        for name, units, side in [
+            ("conv_stem", 24, 3), ("blocks.0.0.conv", 16, 3), ("blocks.3", 48, 3)
+        ]:
             arts = s.scalars(select(Artifact).where(Artifact.layer_id == weights_done[name])).all()
             rgb = sorted((a for a in arts if a.variant == "rgb"), key=lambda a: a.unit_index)
             assert [a.unit_index for a in rgb] == list(range(units))
@@ -106,7 +108,7 @@ def test_every_unit_of_a_conv_layer_gets_an_nmf_image_and_svd_coordinates(
 
 
 def test_unit_page_weights_tab_shows_the_image_and_the_placement(client, weights_done) -> None:
-    r = client.get(f"/models/{SLUG}/blocks.0/5?view=weights", headers=HTML)
+    r = client.get(f"/models/{SLUG}/blocks.0.0.conv/5?view=weights", headers=HTML)
     page = BeautifulSoup(r.text, "html.parser")
     tab = page.select_one(".tabs a[aria-selected=true]")
     assert tab.text.strip() == "Weights" and tab["href"] == "?view=weights"
@@ -114,12 +116,12 @@ def test_unit_page_weights_tab_shows_the_image_and_the_placement(client, weights
     loaded = client.get(img["src"])
     assert loaded.status_code == 200 and loaded.headers["content-type"] == "image/png"
     assert Image.open(io.BytesIO(loaded.content)).size == (96, 96)
-    assert "fitted once for all units of blocks.0" in page.select_one(".nmf-about").text
+    assert "fitted once for all units of blocks.0.0.conv" in page.select_one(".nmf-about").text
     assert len(page.select(".nmf-colours li")) == 3
     svg = page.select_one(".svd svg")
     assert svg.select_one("circle.current title").text == "unit 5 (this unit)"
     links = [a["href"] for a in svg.select("a")]
-    assert len(links) == 15 and f"/models/{SLUG}/blocks.0/4?view=weights" in links
+    assert len(links) == 15 and f"/models/{SLUG}/blocks.0.0.conv/4?view=weights" in links
     # conv_head: the placement only.
     head = BeautifulSoup(
         client.get(f"/models/{SLUG}/conv_head/7?view=weights", headers=HTML).text, "html.parser"
@@ -127,11 +129,11 @@ def test_unit_page_weights_tab_shows_the_image_and_the_placement(client, weights
     assert head.select_one(".weights .nmf") is None and head.select_one(".svd circle.current")
     assert "1×1 convolutions" in head.select_one(".nmf-none").text
 
-    unit = client.get(f"/api/v1/models/{SLUG}/layers/blocks.0/units/5").json()
+    unit = client.get(f"/api/v1/models/{SLUG}/layers/blocks.0.0.conv/units/5").json()
     kinds = {(a["kind"], a["variant"]) for a in unit["artifacts"]}
     assert {("weights_nmf", "rgb"), ("weights_nmf", "factors"), ("weights_svd", "")} <= kinds
     grid = BeautifulSoup(
-        client.get(f"/models/{SLUG}/blocks.0?view=weights", headers=HTML).text, "html.parser"
+        client.get(f"/models/{SLUG}/blocks.0.0.conv?view=weights", headers=HTML).text, "html.parser"
     )
     thumbs = grid.select(".unit-grid img.pixelated")
     assert len(thumbs) == 16 and "weights_nmf" in thumbs[0]["src"]
@@ -153,7 +155,7 @@ def test_structure_views_come_with_the_weight_views(client, weights_done) -> Non
     assert circuits["inputs"]["layer"] == "blocks.2" and circuits["inputs"]["method"] == "expanded"
     assert circuits["outputs"]["layer"] == "blocks.4" and len(circuits["units"]) == 48
     stem = client.get(f"{api}/conv_stem/circuits?unit=0").json()
-    assert stem["inputs"] is None and stem["outputs"]["layer"] == "blocks.0"
+    assert stem["inputs"] is None and stem["outputs"]["layer"] == "blocks.0.0.conv"
     assert stem["unit"]["outputs"]["positive"]
     band = client.get(f"{api}/blocks.3/banding").json()
     assert -1 <= band["score"] <= 1 and band["maps"].startswith("NMF-RGB maps, 3x3, expanded")
