@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
@@ -53,10 +54,28 @@ def make_engine(url: str) -> Engine:
     )
 
 
+_ENGINES: list[Engine] = []  # every engine get_engine made in this process
+
+
 @lru_cache
 def get_engine(url: str) -> Engine:
     """The process-wide engine for a URL."""
-    return make_engine(url)
+    engine = make_engine(url)
+    _ENGINES.append(engine)
+    return engine
+
+
+def _fresh_pools_in_child() -> None:
+    # A forked child (a Celery prefork pool process) must never use its parent's
+    # connections: the parent's reconciler thread may be using one at that moment (neither
+    # a PostgreSQL socket nor an SQLite handle can be shared), and a pool lock it held at the
+    # fork would never be released in the child, whose first query would then wait forever.
+    # dispose(close=False) gives the child new, empty pools and leaves the parent's alone.
+    for engine in _ENGINES:
+        engine.dispose(close=False)
+
+
+os.register_at_fork(after_in_child=_fresh_pools_in_child)
 
 
 @lru_cache

@@ -32,7 +32,7 @@ from tests.reliability.services import OUTPUT, Redis, children, stop, wait_for, 
 pytestmark = pytest.mark.once
 
 SPEC = "timm:test_efficientnet"  # random init (seeded): tiny and offline
-LAYERS = ("blocks.0", "blocks.2")
+LAYERS = ("blocks.1", "blocks.2")  # two of the default layers layer discovery registers
 IMAGES = 32
 FEATVIS_UNITS = 4
 STEPS = 24  # optimisation steps per render (512 by default)
