@@ -144,11 +144,18 @@ def weights_view(
     placement with this unit highlighted."""
     nmf = arts.get("weights_nmf") or []
     image = next((a for a in nmf if a.variant == "rgb"), None)
-    factors_art = next((a for a in nmf if a.variant == "factors"), None)
+    # A branch fitted on its own (an Inception module's) has its own colours.
+    branch = (image.meta or {}).get("branch") if image is not None else None
+    want = f"factors-{branch}" if branch else "factors"
+    factors_art = next((a for a in nmf if a.variant == want), None)
     factors = read_json(store, factors_art, WeightsFactors)
     svd_art = next(iter(arts.get("weights_svd") or []), None)
     svd = read_json(store, svd_art, WeightsSvd)
     if image is None and svd is None:
+        # A layer drawn branch by branch, and this unit's branch has no images: its kernels
+        # are 1x1 (the job draws every branch with a spatial kernel).
+        if any(a.variant.startswith("factors-") for a in nmf):
+            return {"image": None, "factors": None, "svd": None, "branch": None, "flat": True}
         return None
     placement = None
     if svd_art is not None and svd is not None and svd.units:
@@ -158,7 +165,7 @@ def weights_view(
             "explained": (svd_art.meta or {}).get("explained"),
             "url": svd_art.url,
         }
-    return {"image": image, "factors": factors, "svd": placement}
+    return {"image": image, "factors": factors, "svd": placement, "branch": branch}
 
 
 def histogram_bars(hist: Histogram, width: int = 320, height: int = 80) -> list[dict[str, float]]:

@@ -63,7 +63,10 @@ def test_googlenet_branches_circuits_and_the_mixed3b_question(settings, client) 
     # The registered names: Microscope's mixed3a... for torchvision's inception3a...
     layers = ["conv1", "conv2", "conv3", "mixed3a", "mixed3b", "mixed4a"]
     message = run_weight_views(settings, mid, layers)
-    assert "mixed3b: skipped (no convolution in inception3b outputs its units)" in message
+    assert (
+        "mixed3b: skipped (no convolution in inception3b outputs its units); "
+        "NMF-RGB per branch: 3x3 (192 units), 5x5 (96 units)"
+    ) in message
 
     branches = payloads(settings, mid, wv.BRANCHES)
     got = [(b.name, b.stop - b.start) for b in branches["mixed3b"].branches]
@@ -124,6 +127,24 @@ def test_googlenet_branches_circuits_and_the_mixed3b_question(settings, client) 
     back = BeautifulSoup(client.get(first["href"], headers=HTML).text, "html.parser")
     top = back.select_one(".circuit-side[data-side=outputs] .circuit-links.pos a")
     assert top["href"] == f"/models/{slug}/mixed3b/{j}?view=weights"
+    # Weights drawn branch by branch: a 5x5-branch unit has its image and its branch's
+    # colours; a 1x1-branch unit says why it has none.
+    five = BeautifulSoup(
+        client.get(f"/models/{slug}/mixed3b/350?view=weights", headers=HTML).text, "html.parser"
+    )
+    assert five.select_one(".weights .nmf img")
+    assert "5x5 branch of mixed3b" in five.select_one(".nmf-about").text
+    assert len(five.select(".nmf-colours li")) == 3
+    one = BeautifulSoup(
+        client.get(f"/models/{slug}/mixed3b/10?view=weights", headers=HTML).text, "html.parser"
+    )
+    assert "1x1 branch of mixed3b makes this unit with a 1" in one.select_one(".nmf-none").text
+    grid = BeautifulSoup(
+        client.get(f"/models/{slug}/mixed3b?view=weights&offset=300", headers=HTML).text,
+        "html.parser",
+    )
+    assert all("weights_nmf" in img["src"] for img in grid.select(".unit-grid img.pixelated"))
+    assert len(grid.select(".unit-grid img.pixelated")) == 96  # 300-395: 3x3 and 5x5 units
 
 
 def test_resnet50_residual_circuits_and_the_last_blocks_banding(settings, client) -> None:

@@ -21,6 +21,7 @@ from workers.ml.weight_clusters import kmeans_groups, spatial_shapes
 from workers.ml.weight_properties import carried, colour_share, spatial_frequency
 from workers.ml.weights import (
     ConvCall,
+    NmfRgb,
     NoWeights,
     UnitWeights,
     expand,
@@ -130,10 +131,18 @@ class StructureRun:
         )
 
     def publish_layer(
-        self, layer: Layer, uw: UnitWeights | None, maps: np.ndarray | None, reason: str
+        self,
+        layer: Layer,
+        uw: UnitWeights | None,
+        maps: np.ndarray | None,
+        reason: str,
+        sets: list[KernelSet] | None = None,
     ) -> str:
         """Every structure view of ``layer``; ``uw``/``maps`` are its kernels and NMF-RGB maps
-        (None, with ``reason``, where there are none). Returns what was published."""
+        (None, with ``reason``, where there are none), ``sets`` its :meth:`kernel_sets` where
+        already made. Returns what was published."""
+        if sets is None:
+            sets = self.kernel_sets(layer, uw, maps)  # before any write (see tasks/weights.py)
         self.session.execute(
             delete(Artifact).where(
                 Artifact.layer_id == layer.id,
@@ -141,7 +150,6 @@ class StructureRun:
                 Artifact.unit_index.is_(None),
             )
         )
-        sets = self.kernel_sets(layer, uw, maps)
         done = [
             self._banding(layer, sets, reason if not sets else ""),
             self._clusters(layer, sets, reason if not sets else ""),
@@ -169,8 +177,10 @@ class StructureRun:
             except (NoWeights, AttributeError):
                 continue
             spatial = buw.weight.shape[2] * buw.weight.shape[3] > 1
-            bmaps = nmf_rgb(buw.weight).maps if spatial else None  # 3 colours, as the layer's
-            sets.append(KernelSet(shown_name(layer, b), b.start, buw, bmaps))
+            fit = nmf_rgb(buw.weight) if spatial else None  # 3 colours, as the layer's
+            sets.append(
+                KernelSet(shown_name(layer, b), b.start, buw, fit.maps if fit else None, fit)
+            )
         return sets
 
     def _banding(self, layer: Layer, sets: list[KernelSet], reason: str) -> str:
@@ -359,6 +369,7 @@ class KernelSet:
     offset: int  # the first unit's index in the layer
     uw: UnitWeights
     maps: np.ndarray | None  # (N, kh, kw, 3) NMF-RGB maps; None for 1x1 kernels
+    nmf: NmfRgb | None = None  # the fit itself, where made for this set alone (a branch)
 
     @property
     def kernel(self) -> tuple[int, int]:

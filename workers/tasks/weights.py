@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from functools import partial
-
 import numpy as np
 from sqlalchemy import delete, or_, select
 from sqlalchemy.orm import Session
@@ -15,7 +13,9 @@ from contracts.jobs import TASK_WEIGHT_VIEWS, WeightViewsParams
 from workers.ml.images import png_bytes
 from workers.ml.weights import (
     COLOURS,
+    NmfRgb,
     NoWeights,
+    SvdPlacement,
     UnitWeights,
     colour_share,
     conv_order,
@@ -30,7 +30,7 @@ from workers.ml.weights import (
 from workers.tasks.artifacts import publish, publish_json
 from workers.tasks.jobrun import Progress, job_task, params_of
 from workers.tasks.runtime import cached_model, device, ready_model
-from workers.tasks.weight_structure import StructureRun, circuit_chain
+from workers.tasks.weight_structure import KernelSet, StructureRun, circuit_chain
 
 WEIGHTS_VERSION = 1
 NMF_COMPONENTS = len(COLOURS)
@@ -55,7 +55,14 @@ def _publish_layer(
     units' NMF-RGB maps (None for 1x1 kernels)."""
     c_out, _, kh, kw = uw.weight.shape
     base = {"convs": uw.convs, "version": WEIGHTS_VERSION}
-    put = partial(publish, session, store, model=model, layer=layer)
+    # The numerics first, the writes after: under SQLite a write holds the database's one
+    # write lock until the layer commits, and the job's lease heartbeat must not wait on it.
+    try:
+        svd: SvdPlacement | None = svd_placement(uw.weight)
+        no_svd = ""
+    except NoWeights as e:
+        svd, no_svd = None, str(e)
+    nmf = nmf_rgb(uw.weight, NMF_COMPONENTS) if kh * kw > 1 else None
     # One set of weight views per layer: a newer code version replaces the older one.
     session.execute(
         delete(Artifact).where(
@@ -63,10 +70,8 @@ def _publish_layer(
         )
     )
     done = []
-    try:
-        svd = svd_placement(uw.weight)
-    except NoWeights as e:
-        done.append(f"no SVD: {e}")
+    if svd is None:
+        done.append(f"no SVD: {no_svd}")
     else:
         publish_json(
             session,
@@ -81,11 +86,37 @@ def _publish_layer(
             meta={"units": c_out, "inputs": uw.inputs, "explained": explained(svd)},
         )
         done.append("SVD")
-    if kh * kw == 1:
+    if nmf is None:
         done.append("no NMF-RGB: 1x1 kernels and no spatial convolution feeds them")
         return "; ".join(done), None
-    nmf = nmf_rgb(uw.weight, NMF_COMPONENTS)
-    params = {**base, "method": "nmf-rgb", "components": NMF_COMPONENTS, "size": NMF_PNG_SIZE}
+    _publish_nmf(session, store, model, layer, uw, nmf)
+    done.append(f"NMF-RGB of {c_out} units")
+    return "; ".join(done), nmf.maps
+
+
+def _publish_nmf(
+    session: Session,
+    store: ObjectStore,
+    model: Model,
+    layer: Layer,
+    uw: UnitWeights,
+    nmf: NmfRgb,
+    *,
+    offset: int = 0,
+    branch: str | None = None,
+) -> None:
+    """Each unit's NMF-RGB image and what the three colours read: for the whole layer, or
+    (``branch``, its units from ``offset``) for one branch fitted on its own kernels, whose
+    colours then mean the same only within that branch (factors variant ``factors-BRANCH``)."""
+    c_out, _, kh, kw = uw.weight.shape
+    params = {
+        "convs": uw.convs,
+        "version": WEIGHTS_VERSION,
+        "method": "nmf-rgb",
+        "components": NMF_COMPONENTS,
+        "size": NMF_PNG_SIZE,
+        **({"branch": branch} if branch else {}),
+    }
     factors = factors_artifact(uw, nmf)
     publish_json(
         session,
@@ -95,23 +126,47 @@ def _publish_layer(
         layer=layer,
         unit=None,
         kind="weights_nmf",
-        variant="factors",
+        variant=f"factors-{branch}" if branch else "factors",
         params=params,
         meta={"inputs": uw.inputs, "kernel": [kh, kw], "error": factors.error},
     )
+    extra = {"branch": branch} if branch else {}
     for u in range(c_out):
-        put(
-            unit=u,
+        publish(
+            session,
+            store,
+            model=model,
+            layer=layer,
+            unit=offset + u,
             kind="weights_nmf",
             variant="rgb",
             params=params,
             data=png_bytes(rgb_image(nmf.maps[u], NMF_PNG_SIZE)),
             ext="png",
             content_type="image/png",
-            meta={"kernel": [kh, kw], "colour_share": colour_share(nmf.maps[u])},
+            meta={"kernel": [kh, kw], "colour_share": colour_share(nmf.maps[u]), **extra},
         )
-    done.append(f"NMF-RGB of {c_out} units")
-    return "; ".join(done), nmf.maps
+
+
+def _publish_branches(
+    session: Session, store: ObjectStore, model: Model, layer: Layer, sets: list[KernelSet]
+) -> str:
+    """NMF-RGB images of a layer concatenated from branches, branch by branch (each fitted
+    on its own kernels); branches of 1x1 kernels have none."""
+    session.execute(
+        delete(Artifact).where(
+            Artifact.layer_id == layer.id, Artifact.kind.in_(("weights_nmf", "weights_svd"))
+        )
+    )
+    drawn = [k for k in sets if k.nmf is not None]
+    for k in drawn:
+        assert k.nmf is not None
+        _publish_nmf(session, store, model, layer, k.uw, k.nmf, offset=k.offset, branch=k.name)
+    if not drawn:
+        return ""
+    return "NMF-RGB per branch: " + ", ".join(
+        f"{k.name} ({k.uw.weight.shape[0]} units)" for k in drawn
+    )
 
 
 def weight_views(session: Session, job: Job, progress: Progress) -> str:
@@ -146,7 +201,12 @@ def weight_views(session: Session, job: Job, progress: Progress) -> str:
         except NoWeights as e:
             reason = str(e)
             results.append(f"{layer.name}: skipped ({e})")
-        more = structure.publish_layer(layer, uw, maps, reason)
+        sets = structure.kernel_sets(layer, uw, maps)
+        if uw is None and sets:
+            drawn = _publish_branches(session, store, model, layer, sets)
+            if drawn:
+                results[-1] += f"; {drawn}"
+        more = structure.publish_layer(layer, uw, maps, reason, sets)
         if more:
             results[-1] += f"; {more}"
         session.commit()  # layer by layer: a lost worker loses one layer
