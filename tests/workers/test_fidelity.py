@@ -12,7 +12,7 @@ from torch import nn
 from contracts.layout import Layout
 from workers.ml.models import LoadedModel, PreprocessConfig
 from workers.ml.text import descriptors
-from workers.ml.text.evidence import collect_evidence
+from workers.ml.text.evidence import Evidence, collect_evidence
 from workers.ml.text.fidelity import (
     heldout_mask,
     null_scores,
@@ -20,7 +20,7 @@ from workers.ml.text.fidelity import (
     partial_spearman,
     spearman,
 )
-from workers.ml.text.labels import choose_labels, heldout_fidelity
+from workers.ml.text.labels import MIN_BAR, choose_labels, heldout_fidelity, label_layers
 
 N = 200
 SIDE = 16
@@ -154,3 +154,14 @@ def test_evidence_from_a_planted_red_channel_labels_it_red() -> None:
     red, silent = choose_labels(ev.acts["0"], ev.desc["0"], None, [], held, thr)
     assert red.labels[0].text == "red" and red.labels[0].score > 0.8
     assert silent.labels == []  # a constant unit predicts nothing
+
+
+def test_too_few_held_out_images_label_nothing_but_keep_the_guesses(desc) -> None:
+    """A correlation over one or two images is no evidence: the planted red unit, labelled
+    red on the whole set, abstains on four images (and a bar is never 0)."""
+    red = column(desc, "red")[:, None]  # (N, 1)
+    whole = label_layers(Evidence(np.arange(N), {"l": red}, {"l": desc}, None), None, [])
+    assert whole.units["l"][0].labels[0].text == "red" and whole.threshold >= MIN_BAR
+    few = label_layers(Evidence(np.arange(4), {"l": red[:4]}, {"l": desc[:4]}, None), None, [])
+    (unit,) = few.units["l"]
+    assert unit.labels == [] and unit.guesses and few.threshold >= MIN_BAR

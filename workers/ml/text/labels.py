@@ -104,6 +104,10 @@ class UnitLabels:
     guesses: list[Scored]
 
 
+MIN_HELDOUT = 5  # images in each half, at least, for any unit to be labelled
+MIN_BAR = 0.1  # the least held-out Spearman correlation a shown label may have
+
+
 @dataclass
 class LabelRun:
     """Labels of every layer of one pass, the bar they cleared and how it was measured."""
@@ -124,10 +128,16 @@ def label_layers(
     null = np.concatenate(
         [null_scores(a, desc.get(p), match, held, seed) for p, a in ev.acts.items()]
     )
-    thr = null_threshold(null)
+    # A correlation over a handful of images is no evidence (over one it is 0, and a bar of 0
+    # would pass every label): too few held-out images and every unit abstains; the bar is
+    # never below MIN_BAR however the null falls.
+    thr = max(null_threshold(null), MIN_BAR)
+    enough = int(held.sum()) >= MIN_HELDOUT and int((~held).sum()) >= MIN_HELDOUT
     units = {
         p: choose_labels(a, desc.get(p), match, concepts, held, thr) for p, a in ev.acts.items()
     }
+    if not enough:  # best guesses kept, nothing shown as a label
+        units = {p: [UnitLabels([], u.guesses) for u in us] for p, us in units.items()}
     return LabelRun(thr, len(null), held, units)
 
 
