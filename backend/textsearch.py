@@ -1,12 +1,12 @@
-"""Zero-shot neuron search in the web process: numpy only, no torch.
+"""Zero-shot neuron search in the web process: numpy (and faiss for large indexes), no torch.
 
 A worker precomputes, per model, an index (``search_index`` artifact, .npz): every unit's
 text vector and the embeddings of a vocabulary (class names, prompts, dictionary words) in the
 same space. A query is embedded here by composing vocabulary entries — the whole query when it
 is a known phrase, else the mean of its known words — so answering needs one matrix-vector
 product (about a millisecond for 20k units) and no text encoder in the web process. Indexes of
-``backend.vecindex.LARGE`` units or more are clustered and quantised when loaded, so a query
-reads a few percent of them at half the memory (``backend/vecindex.py``).
+``backend.vecindex.LARGE`` units or more get a faiss index when loaded, so a query reads a
+few percent of them at about half the memory (``backend/vecindex.py``).
 
 A query can also be composed from units: a sparse non-negative combination of unit text
 vectors that approximates the query's vector (L1 regression, as for the emotion neurons).

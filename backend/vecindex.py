@@ -1,35 +1,56 @@
-"""The units nearest a query vector, numpy only: exact for small indexes, approximate-then-
-refined for large ones.
+"""The units nearest a query vector: exact for small indexes, faiss candidates re-ranked for
+large ones.
 
 A search index of a million unit vectors is 1.5 GB of float32 at 384 dimensions and takes one
 full scan of it per query. At ``LARGE`` rows and above the web process keeps instead (chosen by
-``benchmarks/search_scale.py``):
+measurement on ``benchmarks/search_scale.py``'s planted data, below):
 
-- an inverted file: spherical k-means centroids (about sqrt(U)/4 of them), the rows sorted by
-  their nearest centroid, so a query scans only the rows of its nearest clusters (an eighth);
-- each row as int8 codes with a per-row scale, scanned to pick candidates;
-- each row's quantisation residual as int8 too, so the candidates are re-ranked with 16-bit
-  precision (score error ~1e-6, well under the gaps between neighbouring units' scores;
-  int8 alone reorders near-ties and changes the top-10 of a third of queries).
+- every row as int16 codes with a per-row scale (2 bytes a dimension), in row order: the
+  re-rank, ``rows`` and the ``among`` path read them (a layer's rows: all of them scored, so
+  exact up to the codes' rounding, 1e-6 to 1e-5 on a score);
+- a faiss ``IndexIVFPQFastScan`` for the candidates: k-means into about sqrt(U) inverted lists,
+  each row's residual as 4-bit product-quantiser codes (a byte per 8 dimensions, scanned with
+  SIMD lookup tables); a query scans its nearest eighth of the lists and the best
+  ``max(MIN_CANDIDATES, CANDIDATES * k)`` of those rows are re-scored from the int16 codes.
 
-Two bytes a dimension instead of four. Measured at 1M planted units (benchmarks/search_scale.py):
-the same top 10 as exact search on 99% of queries in 0.82 GB instead of 1.46 GB, but slower
-than the float32 scan: k-means leaves a few clusters holding most rows, and numpy converts
-int8 to float32 at about a nanosecond an element. Splitting those clusters made queries
-faster than exact but found the exact top 10 on only 58% of them (an eighth of the rows read).
+Measured at 1M x 384 (400 queries, half of them two-word phrases, a shared 2-core machine;
+200k where said). Every candidate answered in well under 50 ms; recall, memory and
+build time decided:
+
+- IVF-PQ fast scan, 400 candidates re-ranked (this): the exact top 10 on 99.25% of queries at
+  1,000 lists with 125 probed; through ``TextIndex.search`` p50 5-9 ms, p99 8-22 ms by the
+  machine's load (exact: 120-230 ms, 155-330 ms); 0.79 GB, 0.89 GB resident; built in 18-48 s.
+  4,000 lists (4 sqrt(U)) gained half a point at 512 probed but took 110 s to build: k-means and
+  the assignment grow with the list count. With the float16 re-rank below: 200 candidates lost
+  half a point, 64 probes none, 32 probes half a point (an eighth keeps a margin);
+- the re-rank rows as float16 instead: 99% with a full scan, the rest swapping a near-tie at the
+  tenth place (score gaps under 3e-5, float16 rounds a score by ~1e-5), and numpy converts
+  float16 at ~5 ns an element (a 20k-row layer: 50-65 ms, against 13 ms for int16 or float32);
+- IVF with float16 codes, no PQ (IndexIVFScalarQuantizer; 200k): 93.5% at 16 of 1,788 lists
+  probed, 95.5% at 128 (p99 13 ms): two-word queries have neighbours in many lists, and
+  scanning float16 codes is slower than the 4-bit fast scan;
+- HNSW over float16 codes (M=16, efConstruction 40; 200k): 56% at efSearch 128;
+- int8 codes plus a 16-bit re-rank copy: 3 bytes a dimension, 1.15 GB at 1M: over the 1 GB
+  budget, not built.
+
+One OpenMP thread was no faster than two for single queries (interleaved in one process at 1M:
+p50 ~5.5 ms either way; faiss parallelises over queries, and a request has one), so the web
+process keeps faiss's default (``benchmarks/search_scale.py --threads 1`` measures it again).
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
-LARGE = 100_000  # rows from which an index is clustered and quantised
-PROBES = 8  # clusters scanned per query, at least; an eighth of them for large K
+LARGE = 100_000  # rows from which the faiss index is built
 CANDIDATES = 10  # re-ranked per result asked for (at least MIN_CANDIDATES)
-MIN_CANDIDATES = 200
+MIN_CANDIDATES = 400
+PROBE_SHARE = 8  # a query scans 1/PROBE_SHARE of the inverted lists
 KMEANS_ITERS = 10
-KMEANS_SAMPLE = 64  # rows per centroid sampled to train the k-means
-_CHUNK = 65536  # rows per matrix product while building
+KMEANS_SAMPLE = 64  # rows per list sampled to train the k-means (faiss warns below 39)
+_CHUNK = 65536  # rows quantised at a time while building
 
 
 def top_k(scores: np.ndarray, k: int) -> np.ndarray:
@@ -72,56 +93,71 @@ class ExactVectors:
         return among[best], scores[best]
 
 
-class QuantisedVectors:
-    """An inverted file over int8 rows, re-ranked with 16-bit precision (see the module)."""
+class FaissVectors:
+    """Rows as int16 codes and a faiss IVF-PQ fast-scan index over them (see the module)."""
 
     def __init__(
         self,
         vecs: np.ndarray,
         *,
-        clusters: int | None = None,
-        probes: int = PROBES,
+        lists: int | None = None,
+        probes: int | None = None,
         seed: int = 0,
     ) -> None:
+        # Imported here: the web process imports this module whether or not it ever loads a
+        # large index.
+        import faiss
+
         u, d = vecs.shape
-        rng = np.random.default_rng(seed)
-        k = clusters or max(16, round(float(np.sqrt(u)) / 4))
-        # Recall falls with the share of rows scanned, so it stays about an eighth: the
-        # queries between concepts (two-word phrases) have neighbours in several clusters.
-        self.probes = min(k, max(probes, k // 8))
-        self.centroids = _spherical_kmeans(vecs, k, rng)  # (K, D)
-        assign = _nearest(vecs, self.centroids)  # (U,)
-        order = np.argsort(assign, kind="stable")
-        self.order = order.astype(np.int32)  # position -> row id
-        self.position = np.empty(u, dtype=np.int32)  # row id -> position
-        self.position[order] = np.arange(u, dtype=np.int32)
-        self.offsets = np.concatenate([[0], np.cumsum(np.bincount(assign, minlength=k))])
-        self.codes = np.empty((u, d), dtype=np.int8)  # coarse, scanned
-        self.fine = np.empty((u, d), dtype=np.int8)  # residual, for re-ranking
-        self.scale = np.empty(u, dtype=np.float32)
+        self.codes = np.empty((u, d), dtype=np.int16)  # (U, D), row order
+        self.scale = np.empty(u, dtype=np.float32)  # (U,): row = codes * scale
         for start in range(0, u, _CHUNK):
-            block = np.asarray(vecs[order[start : start + _CHUNK]], dtype=np.float32)
-            c, f, s = _quantise(block)
+            block = np.asarray(vecs[start : start + _CHUNK], dtype=np.float32)
+            scale = np.abs(block).max(axis=1) / 32767.0
+            scale[scale == 0] = 1.0
             end = start + block.shape[0]
-            self.codes[start:end], self.fine[start:end], self.scale[start:end] = c, f, s
+            self.codes[start:end] = np.rint(block / scale[:, None])
+            self.scale[start:end] = scale
+        nlist = lists or max(16, round(float(np.sqrt(u))))
+        self.lists = nlist
+        # 4-bit codes of 4 dimensions each (d / 4 of them) where d allows it.
+        sub = next(s for s in (4, 2, 1) if d % s == 0)
+        index: Any = faiss.IndexIVFPQFastScan(
+            faiss.IndexFlatIP(d), d, nlist, d // sub, 4, faiss.METRIC_INNER_PRODUCT
+        )
+        index.cp.niter = KMEANS_ITERS
+        index.cp.seed = seed
+        rng = np.random.default_rng(seed)
+        sample = np.sort(rng.choice(u, min(u, KMEANS_SAMPLE * nlist), replace=False))
+        index.train(np.ascontiguousarray(vecs[sample], dtype=np.float32))
+        for start in range(0, u, 4 * _CHUNK):  # bounded float32 copies when vecs is not
+            index.add(np.ascontiguousarray(vecs[start : start + 4 * _CHUNK], dtype=np.float32))
+        index.nprobe = probes or max(1, nlist // PROBE_SHARE)
+        self.index = index
+        self.probes = int(index.nprobe)
+        # The lists as faiss holds them for fast scan: its stubs know only the base class.
+        lists_mem: Any = faiss.downcast_InvertedLists(index.invlists)
+        sizes = np.array([lists_mem.list_size(i) for i in range(nlist)], dtype=np.int64)
+        per = int(lists_mem.n_per_block)
+        # Codes in blocks of n_per_block rows, an int64 id per row, float32 centroids.
+        self._faiss_bytes = int(
+            (-(-sizes // per)).sum() * lists_mem.block_size + 8 * u + 4 * nlist * d
+        )
 
     def __len__(self) -> int:
         return int(self.codes.shape[0])
 
     @property
     def nbytes(self) -> int:
-        arrays = (self.centroids, self.order, self.position, self.offsets)
-        return int(sum(a.nbytes for a in arrays) + self.codes.nbytes * 2 + self.scale.nbytes)
-
-    def _refined(self, positions: np.ndarray) -> np.ndarray:
-        """16-bit reconstructions of the rows at ``positions``: (n, D) float32."""
-        coarse = self.codes[positions].astype(np.float32)
-        coarse += self.fine[positions].astype(np.float32) * (1.0 / 254.0)
-        coarse *= self.scale[positions, None]
-        return coarse
+        return int(self.codes.nbytes + self.scale.nbytes) + self._faiss_bytes
 
     def rows(self, ids: np.ndarray) -> np.ndarray:
-        return self._refined(self.position[ids])
+        """Float32 vectors of rows ``ids`` (from their 16-bit codes): (len(ids), D)."""
+        return self.codes[ids].astype(np.float32) * self.scale[ids, None]
+
+    def _scores(self, ids: np.ndarray, q: np.ndarray) -> np.ndarray:
+        """``row @ q`` of rows ``ids`` from their 16-bit codes: the scale once per row."""
+        return (self.codes[ids].astype(np.float32) @ q) * self.scale[ids]
 
     def top(
         self,
@@ -131,73 +167,31 @@ class QuantisedVectors:
         *,
         refine: bool = True,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """As ``ExactVectors.top``. Without ``among``: the rows of the query's nearest clusters,
-        by int8 score, the best candidates re-ranked at 16 bits (``refine=False``: not
-        re-ranked, for the benchmark). With ``among`` (a layer's rows): all of them at 16 bits."""
+        """As ``ExactVectors.top``. Without ``among``: faiss's best candidates from the query's
+        nearest lists, re-scored from the int16 codes (``refine=False``: faiss's own top ``k``
+        and approximate scores, for the benchmark). With ``among`` (a layer's rows): all of
+        them scored from the int16 codes."""
         q = np.asarray(q, dtype=np.float32)
         if among is not None:
-            pos = self.position[among]
-            scores = self._refined(pos) @ q
+            scores = self._scores(among, q)
             best = top_k(scores, k)
             return among[best], scores[best]
-        probe = top_k(self.centroids @ q, self.probes)
-        positions = np.concatenate([np.arange(self.offsets[c], self.offsets[c + 1]) for c in probe])
-        # One gather and one product: each BLAS call costs a thread hand-off, which on a busy
-        # machine can take longer than the product itself.
-        block = np.concatenate([self.codes[self.offsets[c] : self.offsets[c + 1]] for c in probe])
-        coarse = (block.astype(np.float32) @ q) * self.scale[positions]
+        n = k if not refine else max(MIN_CANDIDATES, CANDIDATES * k)
+        approx, cand = self.index.search(q[None], min(n, len(self)))
+        found = cand[0] >= 0  # -1: fewer rows in the probed lists than asked for
         if not refine:
-            best = top_k(coarse, k)
-            return self.order[positions[best]].astype(np.int64), coarse[best]
-        cand = positions[top_k(coarse, max(MIN_CANDIDATES, CANDIDATES * k))]
-        scores = self._refined(cand) @ q
+            return cand[0][found][:k], approx[0][found][:k]
+        cand = cand[0][found]
+        scores = self._scores(cand, q)
         best = top_k(scores, k)
-        return self.order[cand[best]].astype(np.int64), scores[best]
+        return cand[best], scores[best]
 
 
-Vectors = ExactVectors | QuantisedVectors
+Vectors = ExactVectors | FaissVectors
 
 
 def vector_store(vecs: np.ndarray) -> Vectors:
-    """Exact below ``LARGE`` rows, else clustered and quantised."""
+    """Exact below ``LARGE`` rows, else faiss candidates re-ranked from int16 codes."""
     if vecs.shape[0] < LARGE:
         return ExactVectors(vecs)
-    return QuantisedVectors(vecs)
-
-
-def _quantise(block: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per-row int8 codes, int8 residual codes (in units of scale / 254) and scales."""
-    scale = np.abs(block).max(axis=1) / 127.0  # (n,)
-    scale[scale == 0] = 1.0
-    coarse = np.rint(block / scale[:, None])  # in [-127, 127]
-    residual = block / scale[:, None] - coarse  # in [-0.5, 0.5]
-    fine = np.clip(np.rint(residual * 254.0), -127, 127)
-    return coarse.astype(np.int8), fine.astype(np.int8), scale.astype(np.float32)
-
-
-def _nearest(vecs: np.ndarray, centroids: np.ndarray) -> np.ndarray:
-    """Index of each row's most similar centroid (cosine: both are normalised)."""
-    out = np.empty(vecs.shape[0], dtype=np.int64)
-    for start in range(0, vecs.shape[0], _CHUNK):
-        block = np.asarray(vecs[start : start + _CHUNK], dtype=np.float32)
-        out[start : start + block.shape[0]] = np.argmax(block @ centroids.T, axis=1)
-    return out
-
-
-def _spherical_kmeans(vecs: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
-    """K normalised centroids trained on a sample of the rows (Lloyd's iterations)."""
-    n = vecs.shape[0]
-    sample = np.asarray(
-        vecs[np.sort(rng.choice(n, min(n, KMEANS_SAMPLE * k), replace=False))], np.float32
-    )
-    centroids = sample[rng.choice(sample.shape[0], k, replace=False)].copy()
-    for _ in range(KMEANS_ITERS):
-        assign = _nearest(sample, centroids)
-        sums = np.zeros_like(centroids)
-        np.add.at(sums, assign, sample)
-        empty = np.bincount(assign, minlength=k) == 0
-        # An empty cluster restarts at a random row rather than staying dead.
-        sums[empty] = sample[rng.choice(sample.shape[0], int(empty.sum()))]
-        norms = np.linalg.norm(sums, axis=1, keepdims=True)
-        centroids = (sums / np.where(norms > 0, norms, 1.0)).astype(np.float32)
-    return centroids
+    return FaissVectors(vecs)
