@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from contracts.layout import Layout
-from workers.ml.hooks import run_to, to_unit_maps
+from workers.ml.hooks import producing_conv, run_to, to_unit_maps
 
 
 def net() -> nn.Module:
@@ -53,3 +53,12 @@ def test_threads_sharing_a_model_do_not_stop_each_other() -> None:
     for t in threads:
         t.join()
     assert errors == []
+
+
+def test_a_post_activation_layer_is_read_through_the_convolution_that_makes_it() -> None:
+    net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 4, 1))
+    assert producing_conv(net, "2", 8) == "0"  # the ReLU after conv 0
+    assert producing_conv(net, "1", 8) == "0"  # its BatchNorm
+    assert producing_conv(net, "3", 4) == "3"  # a convolution is its own
+    assert producing_conv(net, "2", 5) == "2"  # no convolution with one channel per unit
+    assert producing_conv(net, "9.branch", 8) == "9.branch"  # not a module: the caller reports

@@ -41,10 +41,11 @@ def producing_conv(model: nn.Module, path: str, units: int) -> str:
     after its activation (AlexNet's ``features.1``, ResNet's stem ``relu``), the nearest
     convolution defined before it with one output channel per unit. Weight views and linear
     readouts skip activations, so both are read through that convolution."""
-    if not path or not norm_or_act(get_module(model, path)):
-        return path
     named = list(model.named_modules())
-    at = [p for p, _ in named].index(path)
+    paths = [p for p, _ in named]
+    if not path or path not in paths or not norm_or_act(named[paths.index(path)][1]):
+        return path  # (a path that is not a module is the caller's to report)
+    at = paths.index(path)
     for p, m in reversed(named[:at]):
         if isinstance(m, nn.Conv2d) and m.out_channels == units:
             return p
