@@ -147,6 +147,7 @@ def test_googlenet_branches_circuits_and_the_mixed3b_question(settings, client) 
     assert len(grid.select(".unit-grid img.pixelated")) == 96  # 300-395: 3x3 and 5x5 units
 
 
+@pytest.mark.once  # the weights' arithmetic, not the database (GoogLeNet's runs on both)
 def test_resnet50_residual_circuits_and_the_last_blocks_banding(settings, client) -> None:
     mid = registered(settings, "torchvision:resnet50")
     message = run_weight_views(settings, mid, ["conv1", "layer1.0", "layer1.1", "layer4.2"])
