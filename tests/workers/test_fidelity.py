@@ -132,6 +132,25 @@ def test_a_class_name_needs_evidence_beyond_the_pixels(desc) -> None:
     assert "apple" not in {g.text for g in unit.guesses}
 
 
+def test_a_class_name_that_only_repeats_the_pixels_is_not_a_guess_either(desc) -> None:
+    """The unit fires on red and bright images; "apple" images are the bright ones. Beyond
+    the best descriptor alone (a hue) the class seems to add something; beyond every descriptor
+    of the pixels (bright among them) it adds nothing, so it is neither label nor guess."""
+
+    def z(v: np.ndarray) -> np.ndarray:
+        return (v - v.mean()) / v.std()
+
+    bright = column(desc, "bright")
+    acts = (1.2 * z(column(desc, "red")) + z(bright))[:, None]
+    noise = np.random.default_rng(6).random(N)
+    match = np.column_stack([bright + 1e-3 * np.arange(N) / N, noise])
+    held = heldout_mask(np.arange(N))
+    thr = null_threshold(null_scores(acts, desc, match, held))
+    (unit,) = choose_labels(acts, desc, match, ["apple", "bus"], held, thr)
+    assert unit.labels and unit.labels[0].kind != "concept"
+    assert "apple" not in {x.text for x in unit.labels + unit.guesses}
+
+
 def test_evidence_from_a_planted_red_channel_labels_it_red() -> None:
     """Through a model: activations, argmax positions, receptive-field crops, descriptors."""
     conv = nn.Conv2d(3, 2, 1)

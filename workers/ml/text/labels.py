@@ -166,6 +166,7 @@ def choose_labels(
         kind = descriptors.KINDS[texts[c]] if c < n_desc else "concept"
         return Scored(texts[c], kind, round(float(f_out[u, c]), 4), round(float(f_sel[u, c]), 4))
 
+    pixel_words = list(range(n_desc))
     result = []
     for u in range(acts.shape[1]):
         order = [int(c) for c in np.argsort(-f_sel[u], kind="stable")[:TOP_CANDIDATES]]
@@ -174,8 +175,11 @@ def choose_labels(
             order.append(best_desc)  # the yardstick concepts are held to is always a guess
         kept = []
         for c in order:
-            if c >= n_desc and best_desc is not None:
-                if _partial(sel, u, c, [best_desc]) < threshold:
+            if c >= n_desc and n_desc:
+                # A class name must predict the unit beyond every descriptor of its pixels
+                # together (not only the best one): a stripes unit is not a "grand piano"
+                # because pianos have stripes its stripe measure misses.
+                if _partial(sel, u, c, pixel_words) < threshold:
                     continue  # no evidence of an object beyond what its pixels show
             kept.append(c)
         chosen: list[int] = []
