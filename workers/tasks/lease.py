@@ -96,10 +96,23 @@ def reconcile_once(*, startup: bool = False) -> None:
         reconcile(s, resend_after=settings.job_resend_seconds, startup=startup)
 
 
+# A prefork worker forks its pool processes from the process this thread runs in. A fork in
+# the middle of a round would copy into the child whatever locks the round holds at that
+# moment (the database pool's, the broker producer pool's, ...), held by a thread the child
+# does not have: the child's first task then waits on them forever (seen under the
+# worker-crash proof: a replacement pool process received its task and never ran it). So a
+# fork waits for the round in progress, and a round never starts during a fork.
+_ROUND = threading.Lock()
+os.register_at_fork(
+    before=_ROUND.acquire, after_in_parent=_ROUND.release, after_in_child=_ROUND.release
+)
+
+
 def _reconcile_forever(stop: threading.Event, every: float) -> None:
     while not stop.wait(every):
         try:
-            reconcile_once()
+            with _ROUND:
+                reconcile_once()
         except Exception:  # noqa: BLE001 - database or broker away: the next round retries
             log.warning("reconciler round failed", exc_info=True)
 
