@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -32,6 +30,7 @@ from rich.progress import (
 from rich.table import Table
 
 from backend.config import Settings, get_settings
+from backend.workercmd import gpu_present, worker_command
 
 app = typer.Typer(
     help="Open Microscope: browse the neurons of vision models.", no_args_is_help=True
@@ -253,7 +252,7 @@ def up(
     from backend.jobs.reconcile import reconcile
     from backend.precompute import queue_precompute
 
-    gpu = _gpu_present(s)
+    gpu = gpu_present(s)
     if featvis_units is None:
         featvis_units = None if gpu else 4
     if words is None:
@@ -318,54 +317,13 @@ def up(
         _stop(proc)
 
 
-def _gpu_present(settings: Settings) -> bool:
-    """Whether the worker will render on a GPU (all units) or a CPU (a few, seconds each).
-
-    Looks for the NVIDIA driver rather than importing torch into this process.
-    """
-    if settings.device.startswith("cuda"):
-        return True
-    return settings.device == "auto" and bool(
-        Path("/proc/driver/nvidia/version").exists() or shutil.which("nvidia-smi")
-    )
-
-
-def _worker_command(*args: str) -> Iterator[dict[str, Any]]:
-    """Run ``python -m workers.commands ARGS`` and yield its JSON lines.
-
-    Worker code (torch) runs in that subprocess: this process stays free of it.
-    """
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "workers.commands", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    assert proc.stdout is not None and proc.stderr is not None
-    for line in proc.stdout:
-        if line.startswith("{"):
-            msg = json.loads(line)
-            if "error" in msg:
-                proc.wait()
-                err.print(f"[red]error:[/] {msg['error']}")
-                raise typer.Exit(2)
-            yield msg
-    if proc.wait() != 0:
-        tail = proc.stderr.read().strip().splitlines()[-3:]
-        if any("No module named" in t for t in tail):
-            err.print("[red]this needs the worker extra:[/] pip install -e '.[worker]'")
-        else:
-            err.print("[red]worker command failed:[/] " + " | ".join(tail))
-        raise typer.Exit(2)
-
-
 def _assemble_demo(dest: Path) -> None:
     result: dict[str, Any] = {}
     with Progress(
         TextColumn("assembling demo photos"), BarColumn(), MofNCompleteColumn(), console=console
     ) as prog:
         task = prog.add_task("demo", total=None)
-        for msg in _worker_command("demo", str(dest)):
+        for msg in worker_command("demo", str(dest)):
             if "done" in msg:
                 prog.update(task, completed=msg["done"], total=msg["total"])
             result = msg.get("result", result)
@@ -448,7 +406,7 @@ def models_inspect(
         err.print(f"[red]error:[/] {e}")
         raise typer.Exit(2) from e
     info: dict[str, Any] = {}
-    for msg in _worker_command("inspect", spec, *(["--all"] if all_layers else [])):
+    for msg in worker_command("inspect", spec, *(["--all"] if all_layers else [])):
         info = msg.get("result", info)
     if as_json:
         sys.stdout.write(json.dumps(info, indent=2) + "\n")

@@ -9,14 +9,12 @@ from torch import nn
 
 from contracts.layout import Layout
 from workers.ml.hooks import run_to, to_unit_maps
+from workers.ml.keys import decode_keys, make_keys, splitmix64
 from workers.ml.mining import (
     LayerReducer,
     Miner,
-    decode_keys,
-    make_keys,
     merge_layer_states,
     merge_reducers,
-    splitmix64,
 )
 from workers.ml.sources import make_loader, split_shards
 
