@@ -315,18 +315,25 @@ def run_child(args: list[str], env: dict[str, str]) -> dict:
 # --------------------------------------------------------------------------- parent
 
 
-def measure(base: Path, folder: Path, n: int, args: argparse.Namespace) -> dict:
-    state = base / f"state-{n}"
-    state.mkdir()
-    env = {
+def child_env(state: Path) -> dict[str, str]:
+    """A measuring child's environment: its own data folder and object store under ``state``."""
+    return {
         **os.environ,
         "OMP_NUM_THREADS": str(THREADS),
         "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
         "MICROSCOPE_ENV": "test",
         "MICROSCOPE_DATA_DIR": str(state / "data"),
+        "MICROSCOPE_STORAGE_URL": f"file://{state / 'objects'}",
+    }
+
+
+def measure(base: Path, folder: Path, n: int, args: argparse.Namespace) -> dict:
+    state = base / f"state-{n}"
+    state.mkdir()
+    env = {
+        **child_env(state),
         "MICROSCOPE_DATABASE_URL": f"sqlite:///{state / 'db.sqlite'}",
         "MICROSCOPE_BROKER_URL": f"sqla+sqlite:///{state / 'broker.sqlite'}",
-        "MICROSCOPE_STORAGE_URL": f"file://{state / 'objects'}",
         "MICROSCOPE_DATASET_ROOTS": json.dumps([str(base)]),
         "MICROSCOPE_DEVICE": "cpu",
     }
@@ -368,15 +375,7 @@ def measure_merge(base: Path, n: int, args: argparse.Namespace) -> dict:
     """Only the merge probe at n (no dataset): cheap, for sizes the full run cannot reach."""
     state = base / f"merge-{n}"
     state.mkdir()
-    env = {
-        **os.environ,
-        "OMP_NUM_THREADS": str(THREADS),
-        "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
-        "MICROSCOPE_ENV": "test",
-        "MICROSCOPE_DATA_DIR": str(state / "data"),
-        "MICROSCOPE_STORAGE_URL": f"file://{state / 'objects'}",
-        "MICROSCOPE_DEVICE": "cpu",
-    }
+    env = {**child_env(state), "MICROSCOPE_DEVICE": "cpu"}
     merge = run_child(["merge", "--n", str(n), "--spec", args.spec, "--size", str(args.size)], env)
     merge["growth_mb"] = merge["peak_rss_mb"] - merge["rss_before_mb"]
     shutil.rmtree(state, ignore_errors=True)
