@@ -65,6 +65,9 @@ class Settings(BaseSettings):
     # How long `serve` and `worker` wait at start for the database and the object store (all
     # containers of the compose file start at once).
     start_timeout: float = 60.0
+    # Images per mining shard job (default 512): smaller shards spread one dataset over more
+    # workers, larger ones save fewer reducer states.
+    mining_shard_size: int | None = Field(default=None, ge=1)
 
     @model_validator(mode="after")
     def _fill_defaults(self) -> Settings:

@@ -58,16 +58,7 @@ def queue_precompute(
             dataset_id=dataset.id,
         )
     ]
-    jobs.append(
-        enqueue_job(
-            session,
-            TextViewsParams(model_id=model.id, dataset_id=dataset.id, climb_units=climb_units),
-            queue="gpu",
-            priority=4,
-            model_id=model.id,
-            dataset_id=dataset.id,
-        )
-    )
+    jobs.append(request_text_views(session, model, dataset, climb_units=climb_units))
     if words:
         jobs.append(
             enqueue_job(
@@ -240,10 +231,7 @@ def request_examples(
     session: Session, model: Model, dataset: Dataset, layers: list[str] | None = None
 ) -> Job:
     """Dataset examples for chosen layers (None: the defaults), checked before any work."""
-    if dataset.state == "ready" and dataset.image_count == 0:
-        raise InvalidInput(f"dataset {dataset.slug!r} has no readable images")
-    if dataset.state == "failed":
-        raise InvalidInput(f"dataset {dataset.slug!r} failed to import: {dataset.error}")
+    _check_importable(dataset)
     if layers is not None:
         _check_layers(session, model, layers)
     return enqueue_job(
@@ -258,3 +246,32 @@ def request_examples(
         model_id=model.id,
         dataset_id=dataset.id,
     )
+
+
+def request_text_views(
+    session: Session,
+    model: Model,
+    dataset: Dataset,
+    *,
+    climb_units: int | None = DEFAULT_CLIMB_UNITS,
+    priority: int = 4,
+) -> Job:
+    """Text views of the default layers (zero-shot search index, text feature visualizations,
+    labels, families) from the dataset's examples; the job waits until they are mined."""
+    _check_importable(dataset)
+    return enqueue_job(
+        session,
+        TextViewsParams(model_id=model.id, dataset_id=dataset.id, climb_units=climb_units),
+        queue="gpu",
+        priority=priority,
+        model_id=model.id,
+        dataset_id=dataset.id,
+    )
+
+
+def _check_importable(dataset: Dataset) -> None:
+    """Refuse a dataset that can never give images (a queued import may still)."""
+    if dataset.state == "ready" and dataset.image_count == 0:
+        raise InvalidInput(f"dataset {dataset.slug!r} has no readable images")
+    if dataset.state == "failed":
+        raise InvalidInput(f"dataset {dataset.slug!r} failed to import: {dataset.error}")

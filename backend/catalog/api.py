@@ -18,6 +18,7 @@ from backend.catalog.schemas import (
     ModelCreate,
     ModelCreated,
     ModelOut,
+    TextRequest,
     UnitOut,
     WeightsRequest,
 )
@@ -29,6 +30,7 @@ from backend.precompute import (
     request_examples,
     request_facet,
     request_featvis,
+    request_text_views,
     request_weight_views,
 )
 from backend.schemas import Page
@@ -141,6 +143,21 @@ def mine_examples(model: str, body: ExamplesRequest, session: SessionDep) -> Job
     m = service.get_model(session, model)
     ds = get_dataset(session, body.dataset)
     return job_out(request_examples(session, m, ds, body.layers))
+
+
+@router.post(
+    "/models/{model}/text",
+    response_model=JobOut,
+    status_code=status.HTTP_202_ACCEPTED,
+    dependencies=[AdminDep],
+)
+def text_views(model: str, body: TextRequest, session: SessionDep) -> JobOut:
+    """Build the text views of the default layers from a dataset's examples: the zero-shot
+    search index, text feature visualizations, labels with their fidelity, families (admin).
+    The job waits for the dataset examples; request them first."""
+    m = service.get_model(session, model)
+    ds = get_dataset(session, body.dataset)
+    return job_out(request_text_views(session, m, ds, climb_units=body.climb_units))
 
 
 @router.post(

@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from backend.catalog.labels import LabelOut
 from backend.jobs.schemas import JobOut
+from contracts.jobs import DEFAULT_CLIMB_UNITS
 from contracts.layout import Branch
 
 
@@ -150,6 +151,16 @@ class ModelCreated(BaseModel):
 class ExamplesRequest(BaseModel):
     dataset: str
     layers: list[str] | None = None
+
+
+class TextRequest(BaseModel):
+    dataset: str = Field(description="the dataset whose examples the text views read")
+    climb_units: int | None = Field(
+        default=DEFAULT_CLIMB_UNITS,
+        ge=0,
+        description="CLIP: units per default layer given hill-climbed token strings "
+        "(null: every unit, 0: none)",
+    )
 
 
 class WeightsRequest(BaseModel):

@@ -1,7 +1,8 @@
-"""S3-compatible object store (SeaweedFS in docker-compose and the tests; any S3 API)."""
+"""S3-compatible object store (MinIO in docker-compose, SeaweedFS in the tests; any S3 API)."""
 
 from __future__ import annotations
 
+from datetime import UTC
 from typing import Any
 
 import boto3
@@ -69,7 +70,9 @@ class S3Store(ObjectStore):
                 raise NotFound(key) from e
             raise
         etag = head["ETag"].strip('"')
-        return ObjectInfo(key, head["ContentLength"], etag, head["LastModified"])
+        # botocore's tzutc is not datetime.UTC, which HTTP date formatting insists on.
+        modified = head["LastModified"].astimezone(UTC)
+        return ObjectInfo(key, head["ContentLength"], etag, modified)
 
     def delete(self, key: str) -> None:
         self.client.delete_object(Bucket=self.bucket, Key=self._full(key))

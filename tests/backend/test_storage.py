@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+from email.utils import format_datetime
 from pathlib import Path
 
 import pytest
@@ -70,6 +71,8 @@ def test_s3_backend_against_a_real_s3_server(s3_server: S3Server, tmp_path: Path
     assert store.get(key) == b"\x00\x01payload"
     info = store.stat(key)
     assert info.size == 9 and info.etag
+    # An HTTP date (Last-Modified on /objects/...) needs datetime.UTC, not botocore's tzutc.
+    assert format_datetime(info.last_modified, usegmt=True).endswith(" GMT")
     assert store.list("m/") == [key]
     store.delete(key)
     with pytest.raises(NotFound):

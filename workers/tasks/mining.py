@@ -116,7 +116,8 @@ def make_plan(
     }
     run_hash = params_hash({**params, "layers": [x.name for x in layers]})
     images = DatasetImages.of(session, ds)
-    shards = plan_shards([images.names[i] for i in images.ids], SHARD_SIZE)
+    shard_size = get_settings().mining_shard_size or SHARD_SIZE
+    shards = plan_shards([images.names[i] for i in images.ids], shard_size)
     keys = [f"runs/mining/{model.slug}/{run_hash}/shard-{i:05d}.pt" for i in range(len(shards))]
     return Plan(model, ds, layers, params, run_hash, images, shards, keys)
 
