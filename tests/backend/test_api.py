@@ -167,3 +167,14 @@ def test_mining_requests_are_checked_before_any_work(client, session, admin) -> 
     assert r.status_code == 202
     job = r.json()
     assert job["kind"] == "mine_examples" and job["params"]["layers"] == ["blocks.1"]
+    # Text views: the same checks, and the job waits for the examples rather than refusing.
+    text = "/api/v1/models/tiny/text"
+    assert client.post(text, json={"dataset": "photos"}).status_code == 401
+    r = client.post(text, json={"dataset": "empty"}, headers=admin)
+    assert r.status_code == 422 and "no readable images" in r.json()["detail"]
+    assert client.post(text, json={"dataset": "missing"}, headers=admin).status_code == 404
+    assert client.post(text, json={"climb_units": 2}, headers=admin).status_code == 422
+    r = client.post(text, json={"dataset": "photos", "climb_units": 0}, headers=admin)
+    assert r.status_code == 202
+    job = r.json()
+    assert job["kind"] == "text_views" and job["params"]["climb_units"] == 0
