@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Annotated
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Annotated, TypeVar
 
+import anyio
 from fastapi import Depends, Header, Request
 from sqlalchemy.orm import Session
 
@@ -14,13 +16,22 @@ from backend.db.session import POOL_CAPACITY, get_sessionmaker
 from backend.errors import Unauthorized
 from backend.limits import NEEDS_TOKEN
 
+T = TypeVar("T")
+
 # ADMIN_COOKIE and admin_token live in backend/auth.py; re-exported for their callers here.
-__all__ = ["ADMIN_COOKIE", "AdminDep", "SessionDep", "admin_token", "is_admin", "require_admin"]
+__all__ = [
+    "ADMIN_COOKIE",
+    "AdminDep",
+    "SessionDep",
+    "admin_token",
+    "in_session",
+    "is_admin",
+    "require_admin",
+]
 
 
-def get_db(request: Request) -> Iterator[Session]:
-    """One transaction per request, committed at the edge (services only flush)."""
-    settings: Settings = request.app.state.settings
+@contextmanager
+def _transaction(settings: Settings) -> Iterator[Session]:
     session = get_sessionmaker(settings.database_url)()
     try:
         yield session
@@ -32,6 +43,30 @@ def get_db(request: Request) -> Iterator[Session]:
         session.close()
 
 
+def get_db(request: Request) -> Iterator[Session]:
+    """One transaction per request, committed at the edge (services only flush)."""
+    with _transaction(request.app.state.settings) as session:
+        yield session
+
+
+async def in_session(request: Request, work: Callable[[Session], T]) -> T:
+    """``work(session)`` in one worker thread, its transaction opened, committed and closed
+    there: one thread hop where a sync handler with SessionDep takes three (the dependency's
+    entry and exit, the handler). For the hottest reads, the unit page and unit JSON, whose
+    cold path those hops made a quarter slower (benchmarks/server.py). At most
+    POOL_CAPACITY at once, as SessionDep, so these calls never take every thread."""
+    state = request.app.state
+    limiter = getattr(state, "session_limiter", None)
+    if limiter is None:  # made on the event loop, on first use
+        limiter = state.session_limiter = anyio.CapacityLimiter(POOL_CAPACITY)
+
+    def run() -> T:
+        with _transaction(state.settings) as session:
+            return work(session)
+
+    return await anyio.to_thread.run_sync(run, limiter=limiter)
+
+
 # scope="function": the transaction commits when the handler returns, before the response is
 # sent, so a commit that fails answers an error instead of the 200 already on its way (the
 # default "request" scope ran the commit after the response went out).
@@ -39,9 +74,7 @@ def get_db(request: Request) -> Iterator[Session]:
 # requests deadlock: FastAPI serializes a sync handler's response in the shared threadpool
 # while the request still holds its pooled connection, and every thread ends up waiting on
 # the pool (measured by benchmarks/server.py; the limit waits without using a thread).
-SessionDep = Annotated[
-    Session, Depends(get_db, scope="function", max_concurrency=POOL_CAPACITY)
-]
+SessionDep = Annotated[Session, Depends(get_db, scope="function", max_concurrency=POOL_CAPACITY)]
 
 
 def is_admin(request: Request) -> bool:

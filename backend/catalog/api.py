@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Query, status
+from fastapi import APIRouter, Query, Request, status
 
 from backend import urls
 from backend.catalog import service
@@ -23,7 +23,7 @@ from backend.catalog.schemas import (
     WeightsRequest,
 )
 from backend.datasets.service import get_dataset
-from backend.deps import AdminDep, SessionDep
+from backend.deps import AdminDep, SessionDep, in_session
 from backend.jobs.schemas import JobOut, job_out
 from backend.limits import Offset
 from backend.precompute import (
@@ -81,9 +81,9 @@ def list_layers(
 
 
 @router.get("/models/{model}/layers/{layer:path}/units/{unit:int}", response_model=UnitOut)
-def get_unit(model: str, layer: str, unit: int, session: SessionDep) -> UnitOut:
+async def get_unit(model: str, layer: str, unit: int, request: Request) -> UnitOut:
     """One unit with every artifact computed for it (kind and URL)."""
-    return service.unit_view(session, model, layer, unit).out
+    return await in_session(request, lambda s: service.unit_view(s, model, layer, unit).out)
 
 
 @router.get("/models/{model}/layers/{layer:path}/units", response_model=Page[dict[str, Any]])

@@ -4,11 +4,38 @@ from __future__ import annotations
 
 from collections.abc import Collection, Sequence
 
-from sqlalchemy import and_, func, or_, select
+from sqlalchemy import and_, bindparam, func, or_, select, union_all
 from sqlalchemy.orm import Session
 
 from backend.db.models import Artifact, Layer, Model, Unit
 from backend.limits import storable_index
+
+# The unit page's and unit JSON's statements, built once: building a select() costs the hot
+# path more Python than running it (benchmarks/server.py's profile).
+_FIND_UNIT = (
+    select(Model, Layer, Unit)
+    .join(Layer, Layer.model_id == Model.id)
+    .join(Unit, Unit.layer_id == Layer.id)
+    .where(
+        Model.slug == bindparam("slug"),
+        Layer.name == bindparam("layer"),
+        Unit.index == bindparam("index"),
+    )
+)
+# A UNION ALL: with an OR, SQLite scans the whole layer's artifacts instead of seeking
+# ix_artifacts_unit twice.
+_UNIT_AND_LAYER_ARTIFACTS = select(Artifact).from_statement(
+    union_all(
+        select(Artifact).where(
+            Artifact.layer_id == bindparam("layer_id"), Artifact.unit_index == bindparam("index")
+        ),
+        select(Artifact).where(
+            Artifact.layer_id == bindparam("layer_id"),
+            Artifact.unit_index.is_(None),
+            Artifact.kind.in_(bindparam("kinds", expanding=True)),
+        ),
+    )
+)
 
 # (kind, variant) of the images that stand for a unit in a card or a preview, best first: its
 # feature visualization, else its top dataset example.
@@ -100,6 +127,26 @@ class CatalogRepository:
         return [(m, layer, u) for m, layer, u in rows.all()]
 
     # artifacts
+    def find_unit(
+        self, model_slug: str, layer_name: str, index: int
+    ) -> tuple[Model, Layer, Unit] | None:
+        """A unit with its layer and model by its permalink's parts, in one round trip (the
+        unit page's and unit JSON's first step; None when any part is unknown)."""
+        if not storable_index(index):
+            return None
+        args = {"slug": model_slug, "layer": layer_name, "index": index}
+        row = self.session.execute(_FIND_UNIT, args).first()
+        return None if row is None else (row[0], row[1], row[2])
+
+    def unit_and_layer_artifacts(
+        self, layer_id: int, index: int, layer_kinds: Sequence[str]
+    ) -> list[Artifact]:
+        """A unit's artifacts, then those of its layer of ``layer_kinds``: the rows and order of
+        unit_artifacts + layer_artifacts in one round trip."""
+        args = {"layer_id": layer_id, "index": index, "kinds": list(layer_kinds)}
+        rows = self.session.scalars(_UNIT_AND_LAYER_ARTIFACTS, args)
+        return sorted(rows, key=lambda a: (a.unit_index is None, a.kind, a.variant))
+
     def unit_artifacts(self, layer_id: int, index: int) -> Sequence[Artifact]:
         return self.session.scalars(
             select(Artifact)
@@ -148,9 +195,7 @@ class CatalogRepository:
         ).all()
         return {u: key for u, key in rows if u is not None}
 
-    def unit_thumbnail_keys(
-        self, pairs: Collection[tuple[int, int]]
-    ) -> dict[tuple[int, int], str]:
+    def unit_thumbnail_keys(self, pairs: Collection[tuple[int, int]]) -> dict[tuple[int, int], str]:
         """(layer id, unit index) -> storage key of the unit's best THUMBNAILS image, for
         units of any layers."""
         if not pairs:

@@ -198,10 +198,11 @@ def set_label(
 
 
 def unit_view(session: Session, model_slug: str, layer_name: str, index: int) -> UnitView:
-    model, layer, unit = resolve_unit(session, model_slug, layer_name, index)
     repo = CatalogRepository(session)
-    arts = list(repo.unit_artifacts(layer.id, index))
-    arts += repo.layer_artifacts(layer.id, LAYER_KINDS_PER_UNIT)
+    # The hot path: two queries. The step-by-step lookups only name what is unknown.
+    found = repo.find_unit(model_slug, layer_name, index)
+    model, layer, unit = found or resolve_unit(session, model_slug, layer_name, index)
+    arts = list(repo.unit_and_layer_artifacts(layer.id, index, LAYER_KINDS_PER_UNIT))
     out = unit_out(model, layer, unit, arts)
     by_kind: dict[str, list[ArtifactOut]] = {}
     for a in out.artifacts:

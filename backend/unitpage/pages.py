@@ -23,7 +23,7 @@ from backend.catalog.views import (
     text_view,
     weights_view,
 )
-from backend.deps import SessionDep, is_admin
+from backend.deps import in_session, is_admin
 from backend.families.service import list_families, unit_families
 from backend.jobs.repository import JobRepository
 from backend.jobs.schemas import job_out
@@ -35,18 +35,21 @@ router = APIRouter(include_in_schema=False)
 
 
 @router.get("/models/{model}/{layer:path}/{unit:int}", response_class=HTMLResponse)
-def unit_page(
+async def unit_page(
     request: Request,
     model: str,
     layer: str,
     unit: int,
-    session: SessionDep,
     view: str | None = Query(None, description="which tab opens"),
     job_id: FollowedJob = None,
 ) -> HTMLResponse:
     """A unit's permalink: its views as tabs, its label and families, a job followed live."""
-    ctx = unit_context(request, session, model, layer, unit, view=view, job_id=job_id)
-    return templates.TemplateResponse(request, "unit.html", ctx)
+
+    def page(session: Session) -> HTMLResponse:  # rendered in the thread, beside the queries
+        ctx = unit_context(request, session, model, layer, unit, view=view, job_id=job_id)
+        return templates.TemplateResponse(request, "unit.html", ctx)
+
+    return await in_session(request, page)
 
 
 NO_WEIGHT_VIEWS = ("linear", "head", "mlp")  # layer kinds with no convolution kernels
