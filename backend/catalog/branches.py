@@ -17,9 +17,7 @@ def branch_shares(branches: list[Branch] | None, unit_count: int) -> list[dict[s
     ]
 
 
-def group_units(
-    units: list[dict[str, Any]], branches: list[Branch] | None
-) -> list[dict[str, Any]]:
+def group_units(units: list[dict[str, Any]], branches: list[Branch] | None) -> list[dict[str, Any]]:
     """One page of the grid as runs of units of the same branch ({branch, units}); a layer
     without branches is one run with branch None."""
     groups: list[dict[str, Any]] = []

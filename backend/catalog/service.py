@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -9,9 +10,9 @@ from sqlalchemy.orm import Session
 
 from backend import urls
 from backend.catalog.labels import label_guesses, label_score, label_threshold, shown_labels
-from backend.catalog.repository import THUMBNAILS, CatalogRepository
+from backend.catalog.repository import THUMBNAILS, ArtifactRow, CatalogRepository
 from backend.catalog.schemas import ArtifactOut, LayerOut, ModelOut, UnitOut
-from backend.db.models import Artifact, Job, Layer, Model, Unit
+from backend.db.models import Job, Layer, Model, Unit
 from backend.errors import InvalidInput, NotFoundError
 from backend.jobs.service import enqueue_job
 from backend.redact import scrub
@@ -121,7 +122,7 @@ def layer_out(model: Model, layer: Layer) -> LayerOut:
     )
 
 
-def artifact_out(a: Artifact) -> ArtifactOut:
+def artifact_out(a: ArtifactRow) -> ArtifactOut:
     return ArtifactOut(
         kind=a.kind,
         variant=a.variant,
@@ -135,7 +136,7 @@ def artifact_out(a: Artifact) -> ArtifactOut:
 
 
 def unit_out(
-    model: Model, layer: Layer, unit: Unit, artifacts: list[Artifact] | None = None
+    model: Model, layer: Layer, unit: Unit, artifacts: Sequence[ArtifactRow] | None = None
 ) -> UnitOut:
     i = unit.index
     return UnitOut(

@@ -111,9 +111,7 @@ SVD_BOX = 240  # the SVD scatter plot's side, in SVG units
 SVD_PAD = 10
 
 
-def svd_points(
-    units: list[tuple[float, float]], unit: int, unit_url: str
-) -> dict[str, Any]:
+def svd_points(units: list[tuple[float, float]], unit: int, unit_url: str) -> dict[str, Any]:
     """SVG circles for every unit's (first, second) singular-vector coordinates, scaled into
     the plot; ``unit`` is the one highlighted, ``unit_url`` its page (the others are beside it)."""
     xs, ys = [p[0] for p in units], [p[1] for p in units]
