@@ -4,10 +4,18 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import bindparam, delete, func, select
 from sqlalchemy.orm import Session
 
 from backend.db.models import Family, FamilyMember, Layer, Model, Unit
+
+# Every unit page runs this: built once (building a select costs more than running it).
+_OF_UNIT = (
+    select(Family.slug, Family.name)
+    .join(FamilyMember, FamilyMember.family_id == Family.id)
+    .where(FamilyMember.unit_id == bindparam("unit_id"))
+    .order_by(Family.name)
+)
 
 
 class FamilyRepository:
@@ -62,10 +70,5 @@ class FamilyRepository:
 
     def of_unit(self, unit_id: int) -> list[tuple[str, str]]:
         """(slug, name) of the families a unit belongs to, by name."""
-        rows = self.session.execute(
-            select(Family.slug, Family.name)
-            .join(FamilyMember, FamilyMember.family_id == Family.id)
-            .where(FamilyMember.unit_id == unit_id)
-            .order_by(Family.name)
-        ).all()
+        rows = self.session.execute(_OF_UNIT, {"unit_id": unit_id}).all()
         return [(slug, name) for slug, name in rows]
