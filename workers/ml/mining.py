@@ -24,6 +24,8 @@ from workers.ml.hooks import run_to, to_unit_maps
 from workers.ml.keys import MAX_IMAGE_ID, decode_keys, make_keys, splitmix64
 
 STATE_VERSION = 1
+
+
 def _max_argmax(maps: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """Per image and unit: max, flat argmax, min, flat argmin over positions, each (N, U)."""
     n, u, h, w = maps.shape
@@ -414,11 +416,18 @@ def merge_reducers(reducers: Sequence[LayerReducer]) -> LayerReducer:
     return out
 
 
-def merge_layer_states(shards: Sequence[dict[str, LayerReducer]]) -> dict[str, LayerReducer]:
-    """Merge per-layer reducers of several shards (each a dict as returned by Miner.run)."""
-    if not shards:
+def merge_layer_states(shards: Iterable[dict[str, LayerReducer]]) -> dict[str, LayerReducer]:
+    """Merge per-layer reducers of several shards (each a dict as returned by Miner.run), one
+    shard at a time: from an iterator that loads each, one shard's state is held at a time."""
+    merged: dict[str, LayerReducer] | None = None
+    for shard in shards:
+        if merged is None:
+            merged = {path: merge_reducers([r]) for path, r in shard.items()}
+        else:
+            merged = {path: merge_reducers([r, shard[path]]) for path, r in merged.items()}
+    if merged is None:
         raise ValueError("nothing to merge")
-    return {path: merge_reducers([s[path] for s in shards]) for path in shards[0]}
+    return merged
 
 
 Progress = Callable[[int], None]
