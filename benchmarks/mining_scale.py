@@ -212,14 +212,16 @@ def child_pipeline(dataset_id: int, model_id: int) -> dict:
     }
 
 
-def child_baseline(folder: Path, spec: str, size: int, batch: int, workers: int) -> dict:
+def child_baseline(folder: Path, spec: str, size: int, batch: int) -> dict:
     import torch
 
     from workers.ml.images import load_rgb
     from workers.ml.models import load_model
     from workers.ml.preprocess import to_batch
     from workers.ml.sources import iter_tar, list_tars, make_loader
+    from workers.tasks.runtime import loader_workers
 
+    workers = loader_workers()  # the shard jobs' setting, from the same environment
     loaded = load_model(spec)
     loaded.preprocess.input_size = size
     cfg, model = loaded.preprocess, loaded.image_model
@@ -252,22 +254,29 @@ def child_baseline(folder: Path, spec: str, size: int, batch: int, workers: int)
             n += int(ids.shape[0])
     dt = time.perf_counter() - t0
     cpu = cpu_s() - c0
-    return {"images": n, "seconds": dt, "img_s": n / dt, "cpu_s": cpu, "peak_rss_mb": rss_mb()}
+    return {
+        "images": n,
+        "seconds": dt,
+        "img_s": n / dt,
+        "cpu_s": cpu,
+        "peak_rss_mb": rss_mb(),
+        "workers": workers,
+    }
 
 
 def child_merge(n: int, spec: str, size: int) -> dict:
-    """The merge step of ``mine`` (workers/tasks/mining.py, ``merge_layer_states`` over every
-    shard's saved state) alone, over as many shards as n images make: synthetic shard states
-    of the real shapes (the default layers' units and grids at this input size), saved and
-    loaded with the task's own functions. Returns the RSS the merge adds."""
+    """The merge step of ``mine`` (``merge_saved``, workers/tasks/mining.py) alone, over as
+    many shards as n images make: synthetic shard states of the real shapes (the default
+    layers' units and grids at this input size), saved with the task's own function. Returns
+    the RSS the merge adds."""
     import torch
 
     from backend.config import get_settings
     from backend.storage import make_store
     from workers.ml.hooks import run_to, to_unit_maps
     from workers.ml.layers import enumerate_layers
-    from workers.ml.mining import LayerReducer, merge_layer_states
-    from workers.tasks.mining import SHARD_SIZE, K, _load_state, _save_state
+    from workers.ml.mining import LayerReducer
+    from workers.tasks.mining import SHARD_SIZE, K, _save_state, merge_saved
     from workers.tasks.runtime import cached_model
 
     loaded = cached_model(spec, "cpu")
@@ -291,7 +300,7 @@ def child_merge(n: int, spec: str, size: int) -> dict:
         del reducers
     before = rss_mb()
     t0 = time.perf_counter()
-    merged = merge_layer_states([_load_state(store, k) for k in keys])  # as mine() does
+    merged = merge_saved(store, keys)  # as mine() does
     dt = time.perf_counter() - t0
     assert merged
     return {"shards": len(keys), "merge_s": dt, "rss_before_mb": before, "peak_rss_mb": rss_mb()}
@@ -337,6 +346,8 @@ def measure(base: Path, folder: Path, n: int, args: argparse.Namespace) -> dict:
         "MICROSCOPE_DATASET_ROOTS": json.dumps([str(base)]),
         "MICROSCOPE_DEVICE": "cpu",
     }
+    if args.workers is not None:
+        env["MICROSCOPE_LOADER_WORKERS"] = str(args.workers)
     common = ["--spec", args.spec, "--size", str(args.size)]
     t0 = time.perf_counter()
     setup = run_child(["setup", "--folder", str(folder), *common], env)
@@ -354,8 +365,7 @@ def measure(base: Path, folder: Path, n: int, args: argparse.Namespace) -> dict:
         f"peak RSS {pipe['peak_rss_mb']:.0f} MB "
         f"(after shards {pipe['rss_after_shards_mb']:.0f})"
     )
-    workers = str(args.workers)
-    base_r = run_child(["baseline", "--folder", str(folder), "--workers", workers, *common], env)
+    base_r = run_child(["baseline", "--folder", str(folder), *common], env)
     print(
         f"N={n}: baseline {base_r['seconds']:.1f} s ({base_r['img_s']:.0f} img/s; "
         f"{n / base_r['cpu_s']:.0f} per CPU s), "
@@ -393,8 +403,9 @@ def main() -> None:
     ap.add_argument(
         "--workers",
         type=int,
-        default=0,
-        help="baseline DataLoader workers (the product's shard job uses 0 on the CPU)",
+        default=None,
+        help="DataLoader workers of the shard jobs and the baseline alike (default: the "
+        "product's LOADER_WORKERS default)",
     )
     ap.add_argument(
         "--merge-probe",
@@ -423,7 +434,7 @@ def main() -> None:
         elif args.child == "merge":
             out = child_merge(args.n, args.spec, args.size)
         else:
-            out = child_baseline(Path(args.folder), args.spec, args.size, 32, args.workers)
+            out = child_baseline(Path(args.folder), args.spec, args.size, 32)
         print(json.dumps(out))
         return
 

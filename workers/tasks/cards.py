@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+from dataclasses import dataclass
+from typing import Any
 
 from PIL import Image
 from sqlalchemy import delete, select
@@ -25,7 +27,26 @@ def _image(store: ObjectStore, key: str | None) -> Image.Image | None:
         return None
 
 
-def refresh_card(
+@dataclass
+class PendingCard:
+    """A unit's card with everything it shows read (on the session's thread); ``draw`` needs
+    neither the session nor the store, so it can run on a drawing thread."""
+
+    layer: Layer
+    unit: int
+    title: str
+    subtitle: str
+    label: str | None
+    featvis: Image.Image | None
+    examples: list[Image.Image]
+    params: dict[str, Any]  # the card's key changes whenever what it shows changes
+
+    def draw(self) -> bytes:
+        """The encoded card."""
+        return neuron_card(self.title, self.subtitle, self.label, self.featvis, self.examples)
+
+
+def prepare_card(
     session: Session,
     store: ObjectStore,
     model: Model,
@@ -33,8 +54,8 @@ def refresh_card(
     unit: int,
     *,
     examples: list[Image.Image] | None = None,
-) -> None:
-    """Render the unit's card from its current views and replace the previous card.
+) -> PendingCard | None:
+    """What the unit's card shows from its current views (None: nothing to show).
 
     ``examples``: the top examples' crops when the caller just drew them; else they are cut
     from the stored top sheet."""
@@ -51,7 +72,7 @@ def refresh_card(
         sheet = _image(store, keys.get(("example_crop", "top")))
         examples = sheet_tiles(sheet, CELL, CARD_TILES) if sheet is not None else []
     if fv_key is None and not examples:
-        return
+        return None
     row = session.execute(
         select(Unit.label, Unit.label_source, Unit.label_confidence).where(
             Unit.layer_id == layer.id, Unit.index == unit
@@ -62,17 +83,27 @@ def refresh_card(
         # An automatic label carries its fidelity, as on every page.
         scored = row[1] == "auto" and row[2] is not None
         label = f"{row[0]} (fidelity {row[2]:.2f})" if scored else row[0]
-    card = neuron_card(
+    params = {"featvis": fv_key, "examples": keys.get(("example_crop", "top")), "label": label}
+    return PendingCard(
+        layer,
+        unit,
         f"Unit {unit}",
         f"{model.slug} · {layer.name}",
         label,
         _image(store, fv_key),
         examples,
+        params,
     )
+
+
+def publish_card(
+    session: Session, store: ObjectStore, model: Model, card: PendingCard, data: bytes
+) -> None:
+    """Replace the unit's previous card with ``data`` (``card.draw()``)."""
     session.execute(
         delete(Artifact).where(
-            Artifact.layer_id == layer.id,
-            Artifact.unit_index == unit,
+            Artifact.layer_id == card.layer.id,
+            Artifact.unit_index == card.unit,
             Artifact.kind == "neuron_card",
         )
     )
@@ -80,13 +111,28 @@ def refresh_card(
         session,
         store,
         model=model,
-        layer=layer,
-        unit=unit,
+        layer=card.layer,
+        unit=card.unit,
         kind="neuron_card",
         variant="",
-        # The card's key changes whenever what it shows changes, so caches never go stale.
-        params={"featvis": fv_key, "examples": keys.get(("example_crop", "top")), "label": label},
-        data=card,
+        params=card.params,
+        data=data,
         ext=CARD_EXT,
         content_type=CARD_TYPE,
     )
+
+
+def refresh_card(
+    session: Session,
+    store: ObjectStore,
+    model: Model,
+    layer: Layer,
+    unit: int,
+    *,
+    examples: list[Image.Image] | None = None,
+) -> None:
+    """Render the unit's card from its current views and replace the previous card (see
+    ``prepare_card``)."""
+    card = prepare_card(session, store, model, layer, unit, examples=examples)
+    if card is not None:
+        publish_card(session, store, model, card, card.draw())

@@ -9,8 +9,9 @@ publishes each unit's examples index, sheets, thumbnail and card.
 from __future__ import annotations
 
 import io
+from collections import deque
 from collections.abc import Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -34,10 +35,10 @@ from contracts.jobs import (
 )
 from contracts.layout import Layout
 from workers.ml.mining import LayerReducer, Miner, merge_layer_states
-from workers.ml.sheets import CELL, COLS, RENDER_THREADS, DrawnGroup, draw_units
+from workers.ml.sheets import CELL, COLS, RENDER_CHUNK, RENDER_THREADS, DrawnGroup, draw_units
 from workers.ml.sources import ShardSpan, make_loader, plan_shards
 from workers.tasks.artifacts import publish, publish_json
-from workers.tasks.cards import refresh_card
+from workers.tasks.cards import PendingCard, prepare_card, publish_card
 from workers.tasks.jobrun import Progress, Waiting, job_task, params_of
 from workers.tasks.runtime import (
     DatasetImages,
@@ -203,8 +204,8 @@ def _publish_unit(
     u: int,
     index: DatasetExamples,
     drawn: dict[str, DrawnGroup],
-) -> None:
-    """A unit's sheets, thumbnail, card and examples index."""
+) -> PendingCard | None:
+    """A unit's sheets, thumbnail and examples index; its card, to draw and publish."""
     model, params = run.model, run.params
     jpeg_art = partial(
         publish,
@@ -224,7 +225,9 @@ def _publish_unit(
         if d.thumb is not None:
             meta = {"image_id": d.image_ids[0]}
             jpeg_art(kind="example_crop", variant="thumb", data=d.thumb, meta=meta)
-            refresh_card(session, store, model, layer, u, examples=d.card_tiles)
+    card = None
+    if "top" in drawn:
+        card = prepare_card(session, store, model, layer, u, examples=drawn["top"].card_tiles)
     publish_json(
         session,
         store,
@@ -237,6 +240,7 @@ def _publish_unit(
         params=params,
         meta={"stats": index.stats.model_dump()},
     )
+    return card
 
 
 def mine(session: Session, job: Job, progress: Progress) -> str:
@@ -264,19 +268,28 @@ def mine(session: Session, job: Job, progress: Progress) -> str:
         # Only the rows of the images a render block shows.
         return DatasetImages.of(session, run.ds, ids=ids).batches(BATCH)
 
-    # Drawn on threads; published on this thread in unit order (the session is not shared).
+    # Drawn on threads (sheets, then cards); published on this thread in unit order (the
+    # session is not shared).
     layers = {x.module_path: x for x in run.layers}
     published = 0
+    cards: deque[tuple[PendingCard, Future[bytes]]] = deque()
     with ThreadPoolExecutor(max_workers=RENDER_THREADS) as pool:
         drawn_units = draw_units(
             pool, loaded.image_model, run.layouts, results, decode, loaded.preprocess, device()
         )
         for path, u, index, drawn in drawn_units:
-            _publish_unit(session, store, run, layers[path], u, index, drawn)
+            card = _publish_unit(session, store, run, layers[path], u, index, drawn)
+            if card is not None:
+                cards.append((card, pool.submit(card.draw)))
+            while cards and (cards[0][1].done() or len(cards) > RENDER_CHUNK):
+                card, data = cards.popleft()
+                publish_card(session, store, run.model, card, data.result())
             published += 1
             if published % 16 == 0:
                 session.commit()
                 progress(n + published, work, f"rendered {published}/{total_units} units")
+        for card, data in cards:
+            publish_card(session, store, run.model, card, data.result())
     return f"{n} images, {published} units across {len(run.layers)} layers"
 
 
