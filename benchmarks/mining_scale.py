@@ -10,8 +10,9 @@ directory, as loose files or (--tars) WebDataset-style tar shards. For each N (-
             parent job queues its shard jobs, every mine_shard job runs, the parent merges
             and renders; images/s over the whole job and its peak RSS (ru_maxrss);
   baseline  decode + forward alone: a plain DataLoader over the same files with the same
-            preprocessing (load_rgb + to_batch) and loader workers, the same model's plain
-            forward at the same batch size; images/s.
+            preprocessing (load_rgb + to_batch) and loader workers (the LOADER_WORKERS
+            setting, --workers), the same model's plain forward at the same batch size;
+            images/s. Both children load the model before their clocks start.
 
 The model is a small random-init one (--spec) at a small input size (--size, set on the loaded
 model's preprocessing in both children), so the pipeline rather than the forward is measured.
@@ -163,14 +164,22 @@ def child_setup(folder: Path, spec: str) -> dict:
 def child_pipeline(dataset_id: int, model_id: int) -> dict:
     from sqlalchemy import select
 
-    from backend.db.models import Job
+    from backend.db.models import Job, Model
     from backend.db.session import session_scope
     from backend.jobs.service import enqueue_job
     from contracts.jobs import MineExamplesParams
     from workers.tasks.jobrun import Waiting, run_job
     from workers.tasks.mining import mine, mine_shard
+    from workers.tasks.runtime import cached_model, device
 
     url = os.environ["MICROSCOPE_DATABASE_URL"]
+    with session_scope(url) as s:
+        spec = s.get(Model, model_id).spec
+    # Loaded before timing, as the baseline loads its model, and as a worker that has run a
+    # job holds it (cached_model): the figures compare the work per image, not start-up.
+    t_load = time.perf_counter()
+    cached_model(spec, device())
+    load_s = time.perf_counter() - t_load
     rss0 = rss_mb()
     c0 = cpu_s()
     with session_scope(url) as s:
@@ -200,6 +209,7 @@ def child_pipeline(dataset_id: int, model_id: int) -> dict:
     t3 = time.perf_counter()
     c3 = cpu_s()
     return {
+        "model_load_s": load_s,
         "cpu_s": c3 - c0,
         "queue_s": t1 - t0,
         "shards_s": t2 - t1,
@@ -381,17 +391,6 @@ def measure(base: Path, folder: Path, n: int, args: argparse.Namespace) -> dict:
     return {"setup": setup, "pipeline": pipe, "baseline": base_r, "merge": merge}
 
 
-def measure_merge(base: Path, n: int, args: argparse.Namespace) -> dict:
-    """Only the merge probe at n (no dataset): cheap, for sizes the full run cannot reach."""
-    state = base / f"merge-{n}"
-    state.mkdir()
-    env = {**child_env(state), "MICROSCOPE_DEVICE": "cpu"}
-    merge = run_child(["merge", "--n", str(n), "--spec", args.spec, "--size", str(args.size)], env)
-    merge["growth_mb"] = merge["peak_rss_mb"] - merge["rss_before_mb"]
-    shutil.rmtree(state, ignore_errors=True)
-    return merge
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--small", type=int, default=10_000)
@@ -406,14 +405,6 @@ def main() -> None:
         default=None,
         help="DataLoader workers of the shard jobs and the baseline alike (default: the "
         "product's LOADER_WORKERS default)",
-    )
-    ap.add_argument(
-        "--merge-probe",
-        type=int,
-        nargs="*",
-        default=None,
-        metavar="N",
-        help="only the merge step's RSS at these N (no dataset, no mining)",
     )
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--n", type=int, default=None, help=argparse.SUPPRESS)
@@ -435,31 +426,6 @@ def main() -> None:
             out = child_merge(args.n, args.spec, args.size)
         else:
             out = child_baseline(Path(args.folder), args.spec, args.size, 32)
-        print(json.dumps(out))
-        return
-
-    if args.merge_probe is not None:
-        sizes = args.merge_probe or [args.small, args.large]
-        base = Path(tempfile.mkdtemp(prefix="mining-scale-"))
-        try:
-            probes = {n: measure_merge(base, n, args) for n in sizes}
-        finally:
-            shutil.rmtree(base, ignore_errors=True)
-        for n, m in probes.items():
-            print(
-                f"N={n}: merge of {m['shards']} shard states: +{m['growth_mb']:.0f} MB RSS, "
-                f"peak {m['peak_rss_mb']:.0f} MB, {m['merge_s']:.1f} s"
-            )
-        out = {
-            "bench": "mining_scale",
-            "merge_probe": True,
-            "spec": args.spec,
-            "input_size": args.size,
-        }
-        for n, m in probes.items():
-            out[f"merge_shards_{n}"] = m["shards"]
-            out[f"merge_rss_growth_mb_{n}"] = round(m["growth_mb"], 1)
-            out[f"merge_peak_rss_mb_{n}"] = round(m["peak_rss_mb"], 1)
         print(json.dumps(out))
         return
 

@@ -118,15 +118,23 @@ def test_render_blocks_bound_the_images_they_hold(monkeypatch) -> None:
 
 
 @pytest.mark.parametrize(
-    ("setting", "cores", "workers"),
-    [("3", 16, 3), ("0", 16, 0), (None, 16, 4), (None, 2, 1), (None, 1, 0)],
+    ("setting", "dev", "cores", "workers"),
+    [
+        ("3", "cpu", 16, 3),
+        ("0", "cuda", 16, 0),
+        (None, "cuda", 16, 4),
+        (None, "cuda", 2, 1),
+        (None, "cuda", 1, 0),
+        (None, "cpu", 16, 0),  # the forward's threads use the cores already
+    ],
 )
-def test_loader_workers_follow_the_setting(monkeypatch, setting, cores, workers) -> None:
+def test_loader_workers_follow_the_setting(monkeypatch, setting, dev, cores, workers) -> None:
     if setting is None:
         monkeypatch.delenv("MICROSCOPE_LOADER_WORKERS", raising=False)
     else:
         monkeypatch.setenv("MICROSCOPE_LOADER_WORKERS", setting)
     monkeypatch.setattr("os.cpu_count", lambda: cores)
+    monkeypatch.setattr("workers.tasks.runtime.device", lambda: dev)
     get_settings.cache_clear()
     try:
         assert loader_workers() == workers

@@ -23,7 +23,7 @@ from contracts.artifacts import DatasetExamples
 from contracts.layout import Layout
 from workers.ml.hooks import run_to, to_unit_maps
 from workers.ml.images import jpeg_bytes
-from workers.ml.mining import LayerResult
+from workers.ml.layer_result import LayerResult
 from workers.ml.models import PreprocessConfig
 from workers.ml.preprocess import model_view, to_batch
 from workers.ml.receptive_field import RF, receptive_field

@@ -34,9 +34,14 @@ def device() -> str:
 
 def loader_workers() -> int:
     """DataLoader worker processes that decode images beside the forward pass (the
-    LOADER_WORKERS setting; default: one core kept for the forward, at most 4 workers)."""
+    LOADER_WORKERS setting). Default: on a GPU, the cores but one (at most 4), so decoding
+    keeps up with the device; on the CPU none, as the forward's threads already use every
+    core and loader processes beside them only oversubscribe (measured on 2 cores: one worker
+    made a mining pass 3-10x slower, benchmarks/mining_scale.py)."""
     n = get_settings().loader_workers
-    return min(4, (os.cpu_count() or 1) - 1) if n is None else n
+    if n is not None:
+        return n
+    return max(0, min(4, (os.cpu_count() or 1) - 1)) if device().startswith("cuda") else 0
 
 
 def image_rows(session: Session, ds: Dataset) -> Iterator[tuple[int, str]]:
