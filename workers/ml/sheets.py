@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from functools import partial
+from typing import TypeVar
 
 import torch
 from PIL import Image
@@ -41,6 +42,7 @@ RENDER_CHUNK = 64
 BLOCK_IMAGES = 2048
 BLOCK_UNITS = 256
 
+T = TypeVar("T")
 Shown = dict[int, set[tuple[str, int]]]  # image id -> the (layer path, unit) sheets showing it
 UnitMaps = dict[tuple[str, int, int], torch.Tensor]  # (layer path, unit, image id) -> (H, W)
 
@@ -188,6 +190,9 @@ def render_unit(
 
 
 Decode = Callable[[list[int]], Iterable[tuple[Sequence[int], Sequence[Image.Image]]]]
+# What the caller does with a drawn unit on the drawing thread (e.g. store its bytes):
+# (layer path, unit, its examples index, its sheets) -> what draw_units yields for it.
+Then = Callable[[str, int, DatasetExamples, dict[str, "DrawnGroup"]], T]
 
 
 def draw_units(
@@ -198,11 +203,12 @@ def draw_units(
     decode: Decode,
     cfg: PreprocessConfig,
     device: torch.device | str,
-) -> Iterator[tuple[str, int, DatasetExamples, dict[str, DrawnGroup]]]:
-    """(layer path, unit, its examples index, its sheets) for every unit, in order, a block
-    (``render_blocks``) at a time: the block's shown images are decoded (``decode``: their ids
-    -> batches of (ids, images)) and run to its layers once, then its units are drawn on
-    ``pool``'s threads (Pillow and numpy release the GIL) a chunk at a time."""
+    then: Then[T],
+) -> Iterator[T]:
+    """``then``'s result for every unit, in order, a block (``render_blocks``) at a time: the
+    block's shown images are decoded (``decode``: their ids -> batches of (ids, images)) and
+    run to its layers once, then its units are drawn, and passed to ``then``, on ``pool``'s
+    threads (Pillow and numpy release the GIL) a chunk at a time."""
     size = cfg.input_size
     fields: dict[str, RF] = {}
     for block in render_blocks(results):
@@ -214,11 +220,9 @@ def draw_units(
         views, unit_maps = example_maps(
             model, {p: layouts[p] for p in paths}, wanted, decode(sorted(wanted)), cfg, device
         )
-        draw = partial(_draw, results, views, unit_maps, fields, size)
+        draw = partial(_draw, results, views, unit_maps, fields, size, then)
         for first in range(0, len(block), RENDER_CHUNK):
-            chunk = block[first : first + RENDER_CHUNK]
-            for (path, u), (index, drawn) in zip(chunk, pool.map(draw, chunk), strict=True):
-                yield path, u, index, drawn
+            yield from pool.map(draw, block[first : first + RENDER_CHUNK])
 
 
 def _draw(
@@ -227,8 +231,9 @@ def _draw(
     unit_maps: UnitMaps,
     fields: Mapping[str, RF],
     size: int,
+    then: Then[T],
     unit: tuple[str, int],
-) -> tuple[DatasetExamples, dict[str, DrawnGroup]]:
+) -> T:
     path, u = unit
     index = results[path].unit(u)
-    return index, render_unit(index, path, u, views, unit_maps, fields[path], size)
+    return then(path, u, index, render_unit(index, path, u, views, unit_maps, fields[path], size))

@@ -15,7 +15,7 @@ from backend.storage import NotFound, ObjectStore
 from contracts.jobs import CHANNEL_VARIANTS
 from workers.ml.cards import CARD_EXT, CARD_TYPE, neuron_card, sheet_tiles
 from workers.ml.sheets import CARD_TILES, CELL
-from workers.tasks.artifacts import publish
+from workers.tasks.artifacts import Stored, record_artifacts, store_artifact
 
 
 def _image(store: ObjectStore, key: str | None) -> Image.Image | None:
@@ -30,10 +30,12 @@ def _image(store: ObjectStore, key: str | None) -> Image.Image | None:
 @dataclass
 class PendingCard:
     """A unit's card with everything it shows read (on the session's thread); ``draw`` needs
-    neither the session nor the store, so it can run on a drawing thread."""
+    no session and no ORM object, so it can run on a drawing thread."""
 
     layer: Layer
     unit: int
+    model_slug: str
+    layer_name: str
     title: str
     subtitle: str
     label: str | None
@@ -41,9 +43,20 @@ class PendingCard:
     examples: list[Image.Image]
     params: dict[str, Any]  # the card's key changes whenever what it shows changes
 
-    def draw(self) -> bytes:
-        """The encoded card."""
-        return neuron_card(self.title, self.subtitle, self.label, self.featvis, self.examples)
+    def draw(self, store: ObjectStore) -> Stored:
+        """Draw the card and store its bytes (its row is ``record_card``'s)."""
+        return store_artifact(
+            store,
+            model_slug=self.model_slug,
+            layer_name=self.layer_name,
+            unit=self.unit,
+            kind="neuron_card",
+            variant="",
+            params=self.params,
+            data=neuron_card(self.title, self.subtitle, self.label, self.featvis, self.examples),
+            ext=CARD_EXT,
+            content_type=CARD_TYPE,
+        )
 
 
 def prepare_card(
@@ -87,6 +100,8 @@ def prepare_card(
     return PendingCard(
         layer,
         unit,
+        model.slug,
+        layer.name,
         f"Unit {unit}",
         f"{model.slug} · {layer.name}",
         label,
@@ -96,10 +111,8 @@ def prepare_card(
     )
 
 
-def publish_card(
-    session: Session, store: ObjectStore, model: Model, card: PendingCard, data: bytes
-) -> None:
-    """Replace the unit's previous card with ``data`` (``card.draw()``)."""
+def record_card(session: Session, model: Model, card: PendingCard, stored: Stored) -> None:
+    """Replace the unit's previous card with the stored one (``card.draw``)."""
     session.execute(
         delete(Artifact).where(
             Artifact.layer_id == card.layer.id,
@@ -107,19 +120,7 @@ def publish_card(
             Artifact.kind == "neuron_card",
         )
     )
-    publish(
-        session,
-        store,
-        model=model,
-        layer=card.layer,
-        unit=card.unit,
-        kind="neuron_card",
-        variant="",
-        params=card.params,
-        data=data,
-        ext=CARD_EXT,
-        content_type=CARD_TYPE,
-    )
+    record_artifacts(session, model=model, layer=card.layer, unit=card.unit, stored=[stored])
 
 
 def refresh_card(
@@ -135,4 +136,4 @@ def refresh_card(
     ``prepare_card``)."""
     card = prepare_card(session, store, model, layer, unit, examples=examples)
     if card is not None:
-        publish_card(session, store, model, card, card.draw())
+        record_card(session, model, card, card.draw(store))

@@ -37,8 +37,8 @@ from contracts.layout import Layout
 from workers.ml.mining import LayerReducer, Miner, merge_layer_states
 from workers.ml.sheets import CELL, COLS, RENDER_CHUNK, RENDER_THREADS, DrawnGroup, draw_units
 from workers.ml.sources import ShardSpan, make_loader, plan_shards
-from workers.tasks.artifacts import publish, publish_json
-from workers.tasks.cards import PendingCard, prepare_card, publish_card
+from workers.tasks.artifacts import Stored, record_artifacts, store_artifact
+from workers.tasks.cards import PendingCard, prepare_card, record_card
 from workers.tasks.jobrun import Progress, Waiting, job_task, params_of
 from workers.tasks.runtime import (
     DatasetImages,
@@ -196,51 +196,55 @@ def merge_saved(store: ObjectStore, keys: Iterable[str]) -> dict[str, LayerReduc
     return merge_layer_states(_load_state(store, k) for k in keys)
 
 
-def _publish_unit(
-    session: Session,
+@dataclass
+class _StoredUnit:
+    """A drawn unit whose bytes are stored: its rows to write, the tiles of its card."""
+
+    path: str
+    unit: int
+    stored: list[Stored]
+    card_tiles: list[PILImage.Image] | None
+
+
+def _store_unit(
     store: ObjectStore,
-    run: Run,
-    layer: Layer,
+    run_model: str,
+    layer_names: dict[str, str],
+    params: dict[str, Any],
+    path: str,
     u: int,
     index: DatasetExamples,
     drawn: dict[str, DrawnGroup],
-) -> PendingCard | None:
-    """A unit's sheets, thumbnail and examples index; its card, to draw and publish."""
-    model, params = run.model, run.params
-    jpeg_art = partial(
-        publish,
-        session,
+) -> _StoredUnit:
+    """On a drawing thread: store a unit's sheets, thumbnail and examples index."""
+    put = partial(
+        store_artifact,
         store,
-        model=model,
-        layer=layer,
+        model_slug=run_model,
+        layer_name=layer_names[path],
         unit=u,
         params=params,
-        ext="jpg",
         content_type="image/jpeg",
+        ext="jpg",
     )
+    stored = []
     for group, d in drawn.items():
         for kind, data in (("example_crop", d.crops), ("example_heatmap", d.heatmaps)):
             meta = {"cols": COLS, "cell": CELL, "image_ids": d.image_ids}
-            jpeg_art(kind=kind, variant=group, data=data, meta=meta)
+            stored.append(put(kind=kind, variant=group, data=data, meta=meta))
         if d.thumb is not None:
             meta = {"image_id": d.image_ids[0]}
-            jpeg_art(kind="example_crop", variant="thumb", data=d.thumb, meta=meta)
-    card = None
-    if "top" in drawn:
-        card = prepare_card(session, store, model, layer, u, examples=drawn["top"].card_tiles)
-    publish_json(
-        session,
-        store,
-        index,
-        model=model,
-        layer=layer,
-        unit=u,
+            stored.append(put(kind="example_crop", variant="thumb", data=d.thumb, meta=meta))
+    index_json = put(
         kind="dataset_examples",
         variant="",
-        params=params,
+        data=index.model_dump_json().encode(),
+        ext="json",
+        content_type="application/json",
         meta={"stats": index.stats.model_dump()},
     )
-    return card
+    tiles = drawn["top"].card_tiles if "top" in drawn else None
+    return _StoredUnit(path, u, [*stored, index_json], tiles)
 
 
 def mine(session: Session, job: Job, progress: Progress) -> str:
@@ -268,28 +272,45 @@ def mine(session: Session, job: Job, progress: Progress) -> str:
         # Only the rows of the images a render block shows.
         return DatasetImages.of(session, run.ds, ids=ids).batches(BATCH)
 
-    # Drawn on threads (sheets, then cards); published on this thread in unit order (the
-    # session is not shared).
+    # Drawn and stored on threads (sheets, then cards); their rows written on this thread in
+    # unit order (the session is not shared).
     layers = {x.module_path: x for x in run.layers}
+    then = partial(
+        _store_unit, store, run.model.slug, {p: x.name for p, x in layers.items()}, run.params
+    )
     published = 0
-    cards: deque[tuple[PendingCard, Future[bytes]]] = deque()
+    cards: deque[tuple[PendingCard, Future[Stored]]] = deque()
     with ThreadPoolExecutor(max_workers=RENDER_THREADS) as pool:
         drawn_units = draw_units(
-            pool, loaded.image_model, run.layouts, results, decode, loaded.preprocess, device()
+            pool,
+            loaded.image_model,
+            run.layouts,
+            results,
+            decode,
+            loaded.preprocess,
+            device(),
+            then,
         )
-        for path, u, index, drawn in drawn_units:
-            card = _publish_unit(session, store, run, layers[path], u, index, drawn)
-            if card is not None:
-                cards.append((card, pool.submit(card.draw)))
+        for done in drawn_units:
+            layer = layers[done.path]
+            record_artifacts(
+                session, model=run.model, layer=layer, unit=done.unit, stored=done.stored
+            )
+            if done.card_tiles is not None:
+                card = prepare_card(
+                    session, store, run.model, layer, done.unit, examples=done.card_tiles
+                )
+                if card is not None:
+                    cards.append((card, pool.submit(card.draw, store)))
             while cards and (cards[0][1].done() or len(cards) > RENDER_CHUNK):
-                card, data = cards.popleft()
-                publish_card(session, store, run.model, card, data.result())
+                card, stored = cards.popleft()
+                record_card(session, run.model, card, stored.result())
             published += 1
             if published % 16 == 0:
                 session.commit()
                 progress(n + published, work, f"rendered {published}/{total_units} units")
-        for card, data in cards:
-            publish_card(session, store, run.model, card, data.result())
+        for card, stored in cards:
+            record_card(session, run.model, card, stored.result())
     return f"{n} images, {published} units across {len(run.layers)} layers"
 
 
