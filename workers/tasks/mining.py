@@ -208,7 +208,7 @@ class _StoredUnit:
 
 def _store_unit(
     store: ObjectStore,
-    run_model: str,
+    model_slug: str,
     layer_names: dict[str, str],
     params: dict[str, Any],
     path: str,
@@ -220,7 +220,7 @@ def _store_unit(
     put = partial(
         store_artifact,
         store,
-        model_slug=run_model,
+        model_slug=model_slug,
         layer_name=layer_names[path],
         unit=u,
         params=params,
