@@ -52,6 +52,9 @@ class Settings(BaseSettings):
     max_body_kb: int = Field(default=1024, ge=1)
     # Dataset images (files and tar members) past this are skipped as "too large", unread.
     max_image_mb: int = Field(default=64, ge=1)
+    # DataLoader processes decoding images beside a mining pass; None: on a GPU cores - 1 (at
+    # most 4), on the CPU none (workers/tasks/runtime.py loader_workers).
+    loader_workers: int | None = Field(default=None, ge=0)
     # Folders datasets may be registered from (default: DATA_DIR/datasets, where the demo's
     # photos are assembled); anything else, `/` included, is refused.
     dataset_roots: list[Path] = []

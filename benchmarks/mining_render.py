@@ -71,8 +71,9 @@ def main() -> None:
         for i in range(0, len(imgs), BATCH)
     ]
     results = {p: r.finalize() for p, r in Miner(layouts).run(net, batches).items()}
+    jobs = [(p, u) for p, res in results.items() for u in range(min(args.units, res.unit_count))]
     # Every unit map a sheet shows (as mining computes them).
-    wanted = shown_images(results, units=args.units)
+    wanted = shown_images(results, jobs)
     chunks = (
         (list(range(i, min(i + BATCH, len(imgs)))), imgs[i : i + BATCH])
         for i in range(0, len(imgs), BATCH)
@@ -80,7 +81,6 @@ def main() -> None:
     views, unit_maps = example_maps(net, layouts, wanted, chunks, cfg, "cpu")
     s = cfg.input_size
     fields = {p: receptive_field(net, p, layouts[p], s) for p in layouts}
-    jobs = [(p, u) for p, res in results.items() for u in range(min(args.units, res.unit_count))]
 
     def draw(job: tuple[str, int]) -> int:
         p, u = job

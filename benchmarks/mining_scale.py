@@ -10,8 +10,9 @@ directory, as loose files or (--tars) WebDataset-style tar shards. For each N (-
             parent job queues its shard jobs, every mine_shard job runs, the parent merges
             and renders; images/s over the whole job and its peak RSS (ru_maxrss);
   baseline  decode + forward alone: a plain DataLoader over the same files with the same
-            preprocessing (load_rgb + to_batch) and loader workers, the same model's plain
-            forward at the same batch size; images/s.
+            preprocessing (load_rgb + to_batch) and loader workers (the LOADER_WORKERS
+            setting, --workers), the same model's plain forward at the same batch size;
+            images/s. Both children load the model before their clocks start.
 
 The model is a small random-init one (--spec) at a small input size (--size, set on the loaded
 model's preprocessing in both children), so the pipeline rather than the forward is measured.
@@ -39,7 +40,10 @@ from pathlib import Path
 
 import numpy as np
 
-THREADS = 2
+# One torch thread in both children: on the shared 2-core machine two OpenMP threads spin at
+# every barrier whenever another process holds a core (the same 1,000-image baseline measured
+# 0.5 s and 9 s); one thread is slower but steady.
+THREADS = 1
 TAR_SIZE = 1000  # images per tar shard with --tars
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -163,14 +167,22 @@ def child_setup(folder: Path, spec: str) -> dict:
 def child_pipeline(dataset_id: int, model_id: int) -> dict:
     from sqlalchemy import select
 
-    from backend.db.models import Job
+    from backend.db.models import Job, Model
     from backend.db.session import session_scope
     from backend.jobs.service import enqueue_job
     from contracts.jobs import MineExamplesParams
     from workers.tasks.jobrun import Waiting, run_job
     from workers.tasks.mining import mine, mine_shard
+    from workers.tasks.runtime import cached_model, device
 
     url = os.environ["MICROSCOPE_DATABASE_URL"]
+    with session_scope(url) as s:
+        spec = s.get(Model, model_id).spec
+    # Loaded before timing, as the baseline loads its model, and as a worker that has run a
+    # job holds it (cached_model): the figures compare the work per image, not start-up.
+    t_load = time.perf_counter()
+    cached_model(spec, device())
+    load_s = time.perf_counter() - t_load
     rss0 = rss_mb()
     c0 = cpu_s()
     with session_scope(url) as s:
@@ -200,6 +212,7 @@ def child_pipeline(dataset_id: int, model_id: int) -> dict:
     t3 = time.perf_counter()
     c3 = cpu_s()
     return {
+        "model_load_s": load_s,
         "cpu_s": c3 - c0,
         "queue_s": t1 - t0,
         "shards_s": t2 - t1,
@@ -212,14 +225,16 @@ def child_pipeline(dataset_id: int, model_id: int) -> dict:
     }
 
 
-def child_baseline(folder: Path, spec: str, size: int, batch: int, workers: int) -> dict:
+def child_baseline(folder: Path, spec: str, size: int, batch: int) -> dict:
     import torch
 
     from workers.ml.images import load_rgb
     from workers.ml.models import load_model
     from workers.ml.preprocess import to_batch
     from workers.ml.sources import iter_tar, list_tars, make_loader
+    from workers.tasks.runtime import loader_workers
 
+    workers = loader_workers()  # the shard jobs' setting, from the same environment
     loaded = load_model(spec)
     loaded.preprocess.input_size = size
     cfg, model = loaded.preprocess, loaded.image_model
@@ -252,22 +267,29 @@ def child_baseline(folder: Path, spec: str, size: int, batch: int, workers: int)
             n += int(ids.shape[0])
     dt = time.perf_counter() - t0
     cpu = cpu_s() - c0
-    return {"images": n, "seconds": dt, "img_s": n / dt, "cpu_s": cpu, "peak_rss_mb": rss_mb()}
+    return {
+        "images": n,
+        "seconds": dt,
+        "img_s": n / dt,
+        "cpu_s": cpu,
+        "peak_rss_mb": rss_mb(),
+        "workers": workers,
+    }
 
 
 def child_merge(n: int, spec: str, size: int) -> dict:
-    """The merge step of ``mine`` (workers/tasks/mining.py, ``merge_layer_states`` over every
-    shard's saved state) alone, over as many shards as n images make: synthetic shard states
-    of the real shapes (the default layers' units and grids at this input size), saved and
-    loaded with the task's own functions. Returns the RSS the merge adds."""
+    """The merge step of ``mine`` (``merge_saved``, workers/tasks/mining.py) alone, over as
+    many shards as n images make: synthetic shard states of the real shapes (the default
+    layers' units and grids at this input size), saved with the task's own function. Returns
+    the RSS the merge adds."""
     import torch
 
     from backend.config import get_settings
     from backend.storage import make_store
     from workers.ml.hooks import run_to, to_unit_maps
     from workers.ml.layers import enumerate_layers
-    from workers.ml.mining import LayerReducer, merge_layer_states
-    from workers.tasks.mining import SHARD_SIZE, K, _load_state, _save_state
+    from workers.ml.mining import LayerReducer
+    from workers.tasks.mining import SHARD_SIZE, K, _save_state, merge_saved
     from workers.tasks.runtime import cached_model
 
     loaded = cached_model(spec, "cpu")
@@ -291,7 +313,7 @@ def child_merge(n: int, spec: str, size: int) -> dict:
         del reducers
     before = rss_mb()
     t0 = time.perf_counter()
-    merged = merge_layer_states([_load_state(store, k) for k in keys])  # as mine() does
+    merged = merge_saved(store, keys)  # as mine() does
     dt = time.perf_counter() - t0
     assert merged
     return {"shards": len(keys), "merge_s": dt, "rss_before_mb": before, "peak_rss_mb": rss_mb()}
@@ -337,6 +359,8 @@ def measure(base: Path, folder: Path, n: int, args: argparse.Namespace) -> dict:
         "MICROSCOPE_DATASET_ROOTS": json.dumps([str(base)]),
         "MICROSCOPE_DEVICE": "cpu",
     }
+    if args.workers is not None:
+        env["MICROSCOPE_LOADER_WORKERS"] = str(args.workers)
     common = ["--spec", args.spec, "--size", str(args.size)]
     t0 = time.perf_counter()
     setup = run_child(["setup", "--folder", str(folder), *common], env)
@@ -354,8 +378,7 @@ def measure(base: Path, folder: Path, n: int, args: argparse.Namespace) -> dict:
         f"peak RSS {pipe['peak_rss_mb']:.0f} MB "
         f"(after shards {pipe['rss_after_shards_mb']:.0f})"
     )
-    workers = str(args.workers)
-    base_r = run_child(["baseline", "--folder", str(folder), "--workers", workers, *common], env)
+    base_r = run_child(["baseline", "--folder", str(folder), *common], env)
     print(
         f"N={n}: baseline {base_r['seconds']:.1f} s ({base_r['img_s']:.0f} img/s; "
         f"{n / base_r['cpu_s']:.0f} per CPU s), "
@@ -371,17 +394,6 @@ def measure(base: Path, folder: Path, n: int, args: argparse.Namespace) -> dict:
     return {"setup": setup, "pipeline": pipe, "baseline": base_r, "merge": merge}
 
 
-def measure_merge(base: Path, n: int, args: argparse.Namespace) -> dict:
-    """Only the merge probe at n (no dataset): cheap, for sizes the full run cannot reach."""
-    state = base / f"merge-{n}"
-    state.mkdir()
-    env = {**child_env(state), "MICROSCOPE_DEVICE": "cpu"}
-    merge = run_child(["merge", "--n", str(n), "--spec", args.spec, "--size", str(args.size)], env)
-    merge["growth_mb"] = merge["peak_rss_mb"] - merge["rss_before_mb"]
-    shutil.rmtree(state, ignore_errors=True)
-    return merge
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--small", type=int, default=10_000)
@@ -393,16 +405,9 @@ def main() -> None:
     ap.add_argument(
         "--workers",
         type=int,
-        default=0,
-        help="baseline DataLoader workers (the product's shard job uses 0 on the CPU)",
-    )
-    ap.add_argument(
-        "--merge-probe",
-        type=int,
-        nargs="*",
         default=None,
-        metavar="N",
-        help="only the merge step's RSS at these N (no dataset, no mining)",
+        help="DataLoader workers of the shard jobs and the baseline alike (default: the "
+        "product's LOADER_WORKERS default)",
     )
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--n", type=int, default=None, help=argparse.SUPPRESS)
@@ -423,32 +428,7 @@ def main() -> None:
         elif args.child == "merge":
             out = child_merge(args.n, args.spec, args.size)
         else:
-            out = child_baseline(Path(args.folder), args.spec, args.size, 32, args.workers)
-        print(json.dumps(out))
-        return
-
-    if args.merge_probe is not None:
-        sizes = args.merge_probe or [args.small, args.large]
-        base = Path(tempfile.mkdtemp(prefix="mining-scale-"))
-        try:
-            probes = {n: measure_merge(base, n, args) for n in sizes}
-        finally:
-            shutil.rmtree(base, ignore_errors=True)
-        for n, m in probes.items():
-            print(
-                f"N={n}: merge of {m['shards']} shard states: +{m['growth_mb']:.0f} MB RSS, "
-                f"peak {m['peak_rss_mb']:.0f} MB, {m['merge_s']:.1f} s"
-            )
-        out = {
-            "bench": "mining_scale",
-            "merge_probe": True,
-            "spec": args.spec,
-            "input_size": args.size,
-        }
-        for n, m in probes.items():
-            out[f"merge_shards_{n}"] = m["shards"]
-            out[f"merge_rss_growth_mb_{n}"] = round(m["growth_mb"], 1)
-            out[f"merge_peak_rss_mb_{n}"] = round(m["peak_rss_mb"], 1)
+            out = child_baseline(Path(args.folder), args.spec, args.size, 32)
         print(json.dumps(out))
         return
 

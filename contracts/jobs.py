@@ -141,6 +141,9 @@ class MineShardParams(MineExamplesParams):
     task: ClassVar[str] = TASK_MINE_SHARD
     run_hash: str
     shard: int = Field(ge=0)
+    # Dataset positions [start, stop) of the shard's images: the job loads only those rows.
+    start: int = Field(ge=0)
+    stop: int = Field(ge=0)
 
 
 class TextViewsParams(JobParams):

@@ -11,7 +11,7 @@ from PIL import Image
 
 from backend.config import get_settings
 from backend.datasets.service import add_dataset
-from backend.db.models import Dataset
+from backend.db.models import Dataset, Job
 from backend.db.session import session_scope
 from workers.ml.images import BadImage, read_capped
 from workers.ml.sources import iter_sources, iter_tar, read_images
@@ -81,3 +81,6 @@ def test_import_skips_and_counts_too_large_files(settings, tmp_path, monkeypatch
         assert ds is not None
         assert (ds.image_count, ds.skipped_count) == (2, 2)
         assert ds.skipped == {"too large": 2}
+        job = s.get(Job, job_id)
+        assert job is not None
+        assert job.message == "2 images, 2 skipped (2 too large)"

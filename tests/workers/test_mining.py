@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import weakref
+
 import numpy as np
 import pytest
 import torch
@@ -253,6 +255,34 @@ def test_sharded_merge_equals_single_pass(data, maps, tmp_path):
         assert len(shards) == 4
         pairwise = shards[0].merge(shards[1]).merge(shards[2].merge(shards[3]))
         assert torch.equal(pairwise.finalize().top_ids, single.finalize().top_ids)
+
+
+def test_merge_folds_one_shard_at_a_time(data, maps):
+    _, _, ids = data
+    full = torch.cat(maps["0"])  # (N, U, H, W)
+    spans = split_shards(N_IMAGES, 6)
+    alive: list[weakref.ref[LayerReducer]] = []
+
+    def load(s: range) -> dict[str, LayerReducer]:
+        red = LayerReducer(k=K, sketch_size=R)
+        red.update(full[s.start : s.stop], ids[s.start : s.stop])
+        return {"0": red}
+
+    def loaded_one_by_one():  # type: ignore[no-untyped-def]
+        for s in spans:
+            # Every earlier shard is freed but the last one (still being folded in).
+            assert sum(r() is not None for r in alive) <= 1
+            shard = load(s)
+            alive.append(weakref.ref(shard["0"]))
+            yield shard
+
+    streamed = merge_layer_states(loaded_one_by_one())["0"]
+    at_once = merge_layer_states([load(s) for s in spans])["0"]
+    assert len(alive) == len(spans) == 7
+    assert streamed.state is not None and at_once.state is not None
+    for name, t in at_once.state.tensors().items():
+        assert torch.equal(streamed.state.tensors()[name], t), name
+    assert torch.equal(streamed.finalize().top_ids, feed(maps["0"], ids).finalize().top_ids)
 
 
 def test_state_size_does_not_grow_with_images(maps, data):

@@ -30,6 +30,7 @@ from workers.tasks.catalog import register
 from workers.tasks.datasets import import_folder
 from workers.tasks.jobrun import Waiting, run_job
 from workers.tasks.mining import K, mine, mine_shard
+from workers.tasks.runtime import DatasetImages
 
 SPEC = "timm:test_efficientnet"
 LAYERS = ("blocks.0", "blocks.2")
@@ -60,6 +61,19 @@ def photos(root: Path, n: int = 14, tars: bool = False) -> Path:
 def mined(request, settings, tmp_path, monkeypatch):  # type: ignore[no-untyped-def]
     # Three shards of 5, 5 and 4 images: the merged result must still equal brute force.
     monkeypatch.setattr("workers.tasks.mining.SHARD_SIZE", 5)
+    # Sheets rendered in several blocks per layer.
+    monkeypatch.setattr("workers.ml.sheets.BLOCK_UNITS", 7)
+    # The image rows each shard job loads.
+    shard_rows: list[int] = []
+    of = DatasetImages.of.__func__  # type: ignore[attr-defined]
+
+    def spy(cls, session, ds, limit=None, **only):  # type: ignore[no-untyped-def]
+        images = of(cls, session, ds, limit, **only)
+        if "positions" in only:
+            shard_rows.append(len(images.ids))
+        return images
+
+    monkeypatch.setattr(DatasetImages, "of", classmethod(spy))
     url = settings.database_url
     with session_scope(url) as s:
         ds, ds_job = add_dataset(s, str(photos(tmp_path, tars=request.param == "tars")), "imgs")
@@ -90,6 +104,8 @@ def mined(request, settings, tmp_path, monkeypatch):  # type: ignore[no-untyped-
     assert len(shard_jobs) == 3
     for j in shard_jobs:
         assert run_job(j, mine_shard) == "succeeded"
+    # Each shard job loads its own images' rows, none the whole dataset's.
+    assert sorted(shard_rows) == ([4, 5, 5] if request.param == "folder" else [4, 4, 6])
     assert run_job(mine_job, mine) == "succeeded"
     return model_id, ds_id, mine_job
 
@@ -127,6 +143,7 @@ def test_mining_publishes_exact_examples_for_every_unit(settings, mined) -> None
             ("example_crop", "top"),
             ("example_crop", "thumb"),
             ("example_heatmap", "top"),
+            ("neuron_card", ""),
         ]:
             assert (u, *kv) in kinds, (u, kv)
     ids, scores, maps = brute_force(url, ds_id, name)

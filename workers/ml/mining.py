@@ -18,12 +18,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from contracts.artifacts import DatasetExamples, Example, Histogram, Stratum, UnitStats
 from contracts.layout import Layout
 from workers.ml.hooks import run_to, to_unit_maps
 from workers.ml.keys import MAX_IMAGE_ID, decode_keys, make_keys, splitmix64
+from workers.ml.layer_result import LayerResult
 
 STATE_VERSION = 1
+
+
 def _max_argmax(maps: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """Per image and unit: max, flat argmax, min, flat argmin over positions, each (N, U)."""
     n, u, h, w = maps.shape
@@ -37,94 +39,6 @@ def _max_argmax(maps: torch.Tensor) -> tuple[torch.Tensor, ...]:
     mx, amx = flat.max(dim=dim)  # (N, U)
     mn, amn = flat.min(dim=dim)  # (N, U)
     return mx, amx, mn, amn
-
-
-@dataclass
-class LayerResult:
-    """Finalized dataset examples of one layer; unit i is row i of every tensor.
-
-    Padding: ids -1 and scores NaN where fewer images exist than slots.
-    """
-
-    grid: tuple[int, int]  # (H, W) of the unit maps
-    count: int  # images seen
-    top_ids: torch.Tensor  # (U, k) int64, best first
-    top_scores: torch.Tensor  # (U, k) float32, the unit's max over positions
-    top_y: torch.Tensor  # (U, k) int64 argmax row in the unit map
-    top_x: torch.Tensor  # (U, k) int64 argmax column
-    neg_ids: torch.Tensor | None  # (U, k) most negative min first; None if never negative
-    neg_scores: torch.Tensor | None
-    neg_y: torch.Tensor | None
-    neg_x: torch.Tensor | None
-    strata_ids: torch.Tensor  # (U, S, P) int64, stratum 0 = lowest quantile of max scores
-    strata_scores: torch.Tensor  # (U, S, P) float32
-    strata_edges: torch.Tensor  # (U, S + 1) float32, score at each stratum boundary
-    hist_counts: torch.Tensor  # (U, B) int64, sketch images per bin
-    hist_lo: torch.Tensor  # (U,) float32, left edge of bin 0
-    hist_hi: torch.Tensor  # (U,) float32, right edge of the last bin
-    mean: torch.Tensor  # (U,) float64, of per-image max scores
-    std: torch.Tensor  # (U,) float64, population std of per-image max scores
-    active_share: torch.Tensor  # (U,) float64, share of images with max > 0
-    min: torch.Tensor  # (U,) float32, global min over images and positions
-    max: torch.Tensor  # (U,) float32, global max over images and positions
-
-    @property
-    def unit_count(self) -> int:
-        return int(self.top_ids.shape[0])
-
-    def unit(self, index: int) -> DatasetExamples:
-        """One unit's examples, strata, histogram and moments, as its artifact stores them."""
-
-        def examples(
-            ids: torch.Tensor, scores: torch.Tensor, ys: torch.Tensor, xs: torch.Tensor
-        ) -> list[Example]:
-            keep = ids[index] >= 0
-            return [
-                Example(image_id=int(i), score=float(s), y=int(y), x=int(x))
-                for i, s, y, x in zip(
-                    ids[index][keep].tolist(),
-                    scores[index][keep].tolist(),
-                    ys[index][keep].tolist(),
-                    xs[index][keep].tolist(),
-                    strict=True,
-                )
-            ]
-
-        negative = None
-        if self.neg_ids is not None:
-            assert self.neg_scores is not None
-            assert self.neg_y is not None
-            assert self.neg_x is not None
-            negative = examples(self.neg_ids, self.neg_scores, self.neg_y, self.neg_x)
-        strata = []
-        for s in range(self.strata_ids.shape[1]):
-            keep = self.strata_ids[index, s] >= 0
-            strata.append(
-                Stratum(
-                    lo=float(self.strata_edges[index, s]),
-                    hi=float(self.strata_edges[index, s + 1]),
-                    image_ids=self.strata_ids[index, s][keep].tolist(),
-                    scores=self.strata_scores[index, s][keep].tolist(),
-                )
-            )
-        return DatasetExamples(
-            top=examples(self.top_ids, self.top_scores, self.top_y, self.top_x),
-            negative=negative,
-            strata=strata,
-            histogram=Histogram(
-                lo=float(self.hist_lo[index]),
-                hi=float(self.hist_hi[index]),
-                counts=self.hist_counts[index].tolist(),
-            ),
-            stats=UnitStats(
-                count=self.count,
-                mean=float(self.mean[index]),
-                std=float(self.std[index]),
-                active_share=float(self.active_share[index]),
-                min=float(self.min[index]),
-                max=float(self.max[index]),
-            ),
-        )
 
 
 @dataclass
@@ -158,16 +72,21 @@ class ReducerState:
 _TENSOR_FIELDS = tuple(f for f in ReducerState.__dataclass_fields__ if f not in ("grid", "count"))
 
 
-def _batch_state(maps: torch.Tensor, ids: torch.Tensor) -> ReducerState:
-    """Untruncated state of one batch of unit maps (N, U, H, W) with ids (N,)."""
-    n, _, h, w = maps.shape
-    mx, amx, mn, amn = _max_argmax(maps)  # (N, U) each, in the maps' dtype
+def _batch_state(
+    grid: tuple[int, int],
+    mx: torch.Tensor,
+    amx: torch.Tensor,
+    mn: torch.Tensor,
+    amn: torch.Tensor,
+    ids: torch.Tensor,
+) -> ReducerState:
+    """Untruncated state of images with ids (N,) from their ``_max_argmax`` (N, U) each."""
     mx_t = mx.to(torch.float32).t()  # (U, N)
     mn_t = mn.to(torch.float32).t()  # (U, N)
     mx64 = mx_t.to(torch.float64)  # (U, N)
     return ReducerState(
-        grid=(h, w),
-        count=n,
+        grid=grid,
+        count=int(ids.shape[0]),
         top_keys=make_keys(mx_t, ids[None, :]),  # (U, N)
         top_pos=amx.t().to(torch.int64),  # (U, N)
         neg_keys=make_keys(-mn_t, ids[None, :]),  # (U, N)
@@ -180,7 +99,7 @@ def _batch_state(maps: torch.Tensor, ids: torch.Tensor) -> ReducerState:
         active=(mx_t > 0).sum(dim=1),  # (U,)
         min=mn_t.amin(dim=1),  # (U,)
         max=mx_t.amax(dim=1),  # (U,)
-    )
+    )  # fmt: skip
 
 
 def _combine(a: ReducerState | None, b: ReducerState, k: int, r: int) -> ReducerState:
@@ -236,17 +155,38 @@ def _combine(a: ReducerState | None, b: ReducerState, k: int, r: int) -> Reducer
 class LayerReducer:
     """Streaming, mergeable per-unit state of one layer; memory O(units x (k + R))."""
 
+    # Batches are reduced to per-image max/min first and folded into the top-k and sketch
+    # state this many images at a time: the fold's cost (sorting k + N keys and R + N sketch
+    # entries per unit) then falls on few large batches instead of every small one.
+    fold_images = 256
+
     def __init__(self, k: int = 64, sketch_size: int = 1024) -> None:
         if k < 1 or sketch_size < 1:
             raise ValueError("k and sketch_size must be positive")
         self.k = k
         self.sketch_size = sketch_size
         # Created by the first update, on the activations' device.
-        self.state: ReducerState | None = None
+        self._state: ReducerState | None = None
+        # Not yet folded: per batch (max, argmax, min, argmin (N, U) each, ids (N,)), of maps
+        # on the grid ``_pending_grid``.
+        self._pending: list[tuple[torch.Tensor, ...]] = []
+        self._pending_grid = (0, 0)
+        self._pending_images = 0
+
+    @property
+    def state(self) -> ReducerState | None:
+        """Everything seen so far (pending batches folded in)."""
+        self._fold()
+        return self._state
+
+    @state.setter
+    def state(self, value: ReducerState | None) -> None:
+        self._fold()
+        self._state = value
 
     @property
     def count(self) -> int:
-        return 0 if self.state is None else self.state.count
+        return self._pending_images + (0 if self._state is None else self._state.count)
 
     def update(self, maps: torch.Tensor, ids: torch.Tensor) -> None:
         """Fold one batch of unit maps (N, U, H, W) with image ids (N,) into the state."""
@@ -259,8 +199,30 @@ class LayerReducer:
         ids = ids.to(device=maps.device, dtype=torch.int64)
         if int(ids.min()) < 0 or int(ids.max()) > MAX_IMAGE_ID:
             raise ValueError(f"image ids must lie in [0, {MAX_IMAGE_ID}]")
-        batch = _batch_state(maps, ids)
-        self.state = _combine(self.state, batch, self.k, self.sketch_size)
+        grid = (int(maps.shape[2]), int(maps.shape[3]))
+        shape = None
+        if self._pending:
+            shape = (self._pending_grid, int(self._pending[0][0].shape[1]))
+        elif self._state is not None:
+            shape = (self._state.grid, self._state.unit_count)
+        if shape is not None and shape != (grid, int(maps.shape[1])):
+            raise ValueError(
+                f"layer shape changed: {shape[1]} units on {shape[0]} "
+                f"vs {maps.shape[1]} units on {grid}"
+            )
+        self._pending.append((*_max_argmax(maps), ids))
+        self._pending_grid = grid
+        self._pending_images += int(ids.shape[0])
+        if self._pending_images >= self.fold_images:
+            self._fold()
+
+    def _fold(self) -> None:
+        if not self._pending:
+            return
+        mx, amx, mn, amn, ids = (torch.cat(t) for t in zip(*self._pending, strict=True))
+        self._pending, self._pending_images = [], 0
+        batch = _batch_state(self._pending_grid, mx, amx, mn, amn, ids)
+        self._state = _combine(self._state, batch, self.k, self.sketch_size)
 
     def merge(self, other: LayerReducer) -> LayerReducer:
         """A new reducer equal to one that saw both inputs in a single pass."""
@@ -414,11 +376,18 @@ def merge_reducers(reducers: Sequence[LayerReducer]) -> LayerReducer:
     return out
 
 
-def merge_layer_states(shards: Sequence[dict[str, LayerReducer]]) -> dict[str, LayerReducer]:
-    """Merge per-layer reducers of several shards (each a dict as returned by Miner.run)."""
-    if not shards:
+def merge_layer_states(shards: Iterable[dict[str, LayerReducer]]) -> dict[str, LayerReducer]:
+    """Merge per-layer reducers of several shards (each a dict as returned by Miner.run), one
+    shard at a time: from an iterator that loads each, one shard's state is held at a time."""
+    merged: dict[str, LayerReducer] | None = None
+    for shard in shards:
+        if merged is None:
+            merged = {path: merge_reducers([r]) for path, r in shard.items()}
+        else:
+            merged = {path: merge_reducers([r, shard[path]]) for path, r in merged.items()}
+    if merged is None:
         raise ValueError("nothing to merge")
-    return {path: merge_reducers([s[path] for s in shards]) for path in shards[0]}
+    return merged
 
 
 Progress = Callable[[int], None]

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import os
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
+from functools import partial
+from typing import TypeVar
 
 import torch
 from PIL import Image
@@ -22,10 +24,10 @@ from contracts.artifacts import DatasetExamples
 from contracts.layout import Layout
 from workers.ml.hooks import run_to, to_unit_maps
 from workers.ml.images import jpeg_bytes
-from workers.ml.mining import LayerResult
+from workers.ml.layer_result import LayerResult
 from workers.ml.models import PreprocessConfig
 from workers.ml.preprocess import model_view, to_batch
-from workers.ml.receptive_field import RF
+from workers.ml.receptive_field import RF, receptive_field
 from workers.ml.render import crop_example, heatmap_overlay
 
 SHOWN = 16  # examples drawn on each sheet
@@ -36,7 +38,12 @@ CARD_TILES = 6  # top examples a neuron card shows
 # Units drawn at once on threads (benchmarks/mining_render.py); chunks bound the memory held.
 RENDER_THREADS = min(8, os.cpu_count() or 1)
 RENDER_CHUNK = 64
+# A render block's bounds: the images whose views and unit maps it holds, and its units (with
+# 2,048 images the render added 157 MB to the peak RSS of mining 100k images at 64 px).
+BLOCK_IMAGES = 1024
+BLOCK_UNITS = 256
 
+T = TypeVar("T")
 Shown = dict[int, set[tuple[str, int]]]  # image id -> the (layer path, unit) sheets showing it
 UnitMaps = dict[tuple[str, int, int], torch.Tensor]  # (layer path, unit, image id) -> (H, W)
 
@@ -59,19 +66,48 @@ def sheet(tiles: Sequence[Image.Image], cols: int = COLS, cell: int = CELL) -> I
     return out
 
 
-def shown_images(results: Mapping[str, LayerResult], units: int | None = None) -> Shown:
-    """Which images the sheets of each layer's units show (the first ``units`` of each layer;
-    None: all), top and negative."""
+def shown_images(
+    results: Mapping[str, LayerResult], units: Iterable[tuple[str, int]] | None = None
+) -> Shown:
+    """Which images the sheets of ``units`` ((layer path, unit) pairs; None: every unit of
+    every layer) show, top and negative."""
+    if units is None:
+        units = ((path, u) for path, res in results.items() for u in range(res.unit_count))
     wanted: Shown = defaultdict(set)
-    for path, res in results.items():
-        for u in range(res.unit_count if units is None else min(units, res.unit_count)):
-            for ids in (res.top_ids, res.neg_ids):
-                if ids is None:
-                    continue
-                for i in ids[u, :SHOWN].tolist():
-                    if i >= 0:
-                        wanted[i].add((path, u))
+    for path, u in units:
+        for i in _shown_ids(results[path], u):
+            wanted[i].add((path, u))
     return wanted
+
+
+def _shown_ids(res: LayerResult, u: int) -> list[int]:
+    return [
+        i
+        for ids in (res.top_ids, res.neg_ids)
+        if ids is not None
+        for i in ids[u, :SHOWN].tolist()
+        if i >= 0
+    ]
+
+
+def render_blocks(results: Mapping[str, LayerResult]) -> Iterator[list[tuple[str, int]]]:
+    """Every (layer path, unit) in order, in blocks whose sheets show at most BLOCK_IMAGES
+    distinct images (and hold at most BLOCK_UNITS units): what one block holds in memory does
+    not grow with the dataset, and an image shown by several units of a block is decoded and
+    run through the model once."""
+    block: list[tuple[str, int]] = []
+    images: set[int] = set()
+    for path, res in results.items():
+        for u in range(res.unit_count):
+            shown = set(_shown_ids(res, u))
+            grown = len(images) + len(shown - images)
+            if block and (len(block) == BLOCK_UNITS or grown > BLOCK_IMAGES):
+                yield block
+                block, images = [], set()
+            block.append((path, u))
+            images |= shown
+    if block:
+        yield block
 
 
 def example_maps(
@@ -154,23 +190,51 @@ def render_unit(
     return out
 
 
-def draw_layer(
+Decode = Callable[[list[int]], Iterable[tuple[Sequence[int], Sequence[Image.Image]]]]
+# What the caller does with a drawn unit on the drawing thread (e.g. store its bytes):
+# (layer path, unit, its examples index, its sheets) -> what draw_units yields for it.
+Then = Callable[[str, int, DatasetExamples, dict[str, "DrawnGroup"]], T]
+
+
+def draw_units(
     pool: Executor,
-    res: LayerResult,
-    path: str,
+    model: nn.Module,
+    layouts: Mapping[str, Layout],
+    results: Mapping[str, LayerResult],
+    decode: Decode,
+    cfg: PreprocessConfig,
+    device: torch.device | str,
+    then: Then[T],
+) -> Iterator[T]:
+    """``then``'s result for every unit, in order, a block (``render_blocks``) at a time: the
+    block's shown images are decoded (``decode``: their ids -> batches of (ids, images)) and
+    run to its layers once, then its units are drawn, and passed to ``then``, on ``pool``'s
+    threads (Pillow and numpy release the GIL) a chunk at a time."""
+    size = cfg.input_size
+    fields: dict[str, RF] = {}
+    for block in render_blocks(results):
+        paths = list(dict.fromkeys(p for p, _ in block))
+        for p in paths:
+            if p not in fields:
+                fields[p] = receptive_field(model, p, layouts[p], size)
+        wanted = shown_images(results, block)
+        views, unit_maps = example_maps(
+            model, {p: layouts[p] for p in paths}, wanted, decode(sorted(wanted)), cfg, device
+        )
+        draw = partial(_draw, results, views, unit_maps, fields, size, then)
+        for first in range(0, len(block), RENDER_CHUNK):
+            yield from pool.map(draw, block[first : first + RENDER_CHUNK])
+
+
+def _draw(
+    results: Mapping[str, LayerResult],
     views: Mapping[int, Image.Image],
     unit_maps: UnitMaps,
-    rf: RF,
+    fields: Mapping[str, RF],
     size: int,
-) -> Iterator[tuple[int, DatasetExamples, dict[str, DrawnGroup]]]:
-    """(unit, its examples index, its sheets) for every unit of a layer, in unit order, drawn
-    on ``pool``'s threads (Pillow and numpy release the GIL) a chunk at a time."""
-
-    def draw(u: int) -> tuple[DatasetExamples, dict[str, DrawnGroup]]:
-        index = res.unit(u)
-        return index, render_unit(index, path, u, views, unit_maps, rf, size)
-
-    for first in range(0, res.unit_count, RENDER_CHUNK):
-        units = range(first, min(first + RENDER_CHUNK, res.unit_count))
-        for u, (index, drawn) in zip(units, pool.map(draw, units), strict=True):
-            yield u, index, drawn
+    then: Then[T],
+    unit: tuple[str, int],
+) -> T:
+    path, u = unit
+    index = results[path].unit(u)
+    return then(path, u, index, render_unit(index, path, u, views, unit_maps, fields[path], size))

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import tarfile
 from collections import defaultdict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path, PurePosixPath
 
@@ -98,27 +99,38 @@ def shard_of(name: str) -> str | None:
     return name.split(SEP, 1)[0] if SEP in name else None
 
 
-def read_images(
-    root: Path, names: list[str], max_bytes: int = DEFAULT_MAX_BYTES
-) -> dict[str, bytes]:
-    """Bytes of many images by name, reading each tar shard once, in one streaming pass
-    (none over ``max_bytes``: BadImage("too large"))."""
-    out: dict[str, bytes] = {}
+def iter_images(
+    root: Path, names: Sequence[str], max_bytes: int = DEFAULT_MAX_BYTES
+) -> Iterator[tuple[str, bytes]]:
+    """(name, bytes) of many images: loose files in the order asked, then each tar shard's
+    wanted members in stored order, each shard read once, front to back, and only as far as
+    its last wanted member. Holds one image's bytes at a time; none over ``max_bytes``
+    (BadImage("too large")); FileNotFoundError at the end if any is gone."""
     by_tar: dict[str, set[str]] = defaultdict(set)
-    for n in names:
+    for n in dict.fromkeys(names):
         tar = shard_of(n)
         if tar is None:
-            out[n] = read_capped(root / n, max_bytes)
+            yield n, read_capped(root / n, max_bytes)
         else:
             by_tar[tar].add(n)
     for tar, wanted in by_tar.items():
         for name, data in iter_tar(root, tar, max_bytes):
             if name in wanted:
-                out[name] = data
-    missing = [n for n in names if n not in out]
+                wanted.discard(name)
+                yield name, data
+                if not wanted:
+                    break  # the rest of the shard holds nothing asked for
+    missing = [n for wanted in by_tar.values() for n in wanted]
     if missing:
         raise FileNotFoundError(f"{len(missing)} images are gone from their shards: {missing[0]}")
-    return out
+
+
+def read_images(
+    root: Path, names: list[str], max_bytes: int = DEFAULT_MAX_BYTES
+) -> dict[str, bytes]:
+    """Bytes of many images by name, reading each tar shard once, in one streaming pass
+    (none over ``max_bytes``: BadImage("too large"))."""
+    return dict(iter_images(root, names, max_bytes))
 
 
 def split_shards(n_items: int, shard_size: int) -> list[range]:
@@ -128,21 +140,36 @@ def split_shards(n_items: int, shard_size: int) -> list[range]:
     return [range(s, min(s + shard_size, n_items)) for s in range(0, n_items, shard_size)]
 
 
-def plan_shards(names: list[str], size: int) -> list[range]:
-    """Index ranges into ``names`` (a dataset's images in order) to mine as separate jobs:
-    loose files split by listing into shards of ``size``, and each tar shard's images
-    (contiguous) as one shard, so a job reads its tar once, front to back."""
-    loose = sum(1 for n in names if shard_of(n) is None)
-    shards = split_shards(loose, size) if loose else []
-    i = loose
-    while i < len(names):
-        tar = shard_of(names[i])
-        j = i
-        while j < len(names) and shard_of(names[j]) == tar:
-            j += 1
-        shards.append(range(i, j))
-        i = j
-    return shards
+@dataclass(frozen=True)
+class ShardSpan:
+    """One shard of a dataset: its images lie at dataset positions [start, stop)."""
+
+    start: int
+    stop: int
+    count: int  # images in it (positions of skipped files are gaps)
+
+
+def plan_shards(rows: Iterable[tuple[int, str]], size: int) -> list[ShardSpan]:
+    """Shards to mine as separate jobs, from a dataset's (position, name) rows in position
+    order, streamed (memory O(shards), not O(images)): loose files split by listing into
+    shards of ``size``, and each tar shard's images (contiguous) as one shard, so a job reads
+    its tar once, front to back."""
+    if size < 1:
+        raise ValueError("size must be positive")
+    spans: list[ShardSpan] = []
+    start = stop = count = 0
+    tar: str | None = None
+    for pos, name in rows:
+        this = shard_of(name)
+        if count and (this != tar or (this is None and count == size)):
+            spans.append(ShardSpan(start, stop, count))
+            count = 0
+        if not count:
+            start, tar = pos, this
+        stop, count = pos + 1, count + 1
+    if count:
+        spans.append(ShardSpan(start, stop, count))
+    return spans
 
 
 class IdDataset(Dataset):

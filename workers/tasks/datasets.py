@@ -90,7 +90,10 @@ def import_folder(session: Session, job: Job, progress: Progress) -> str:
     ds.skipped = dict(skipped)
     ds.checksum = dataset_checksum([(p, sha) for p, (sha, _) in done.items()])
     ds.state = "ready"
-    return f"{ds.image_count} images, {ds.skipped_count} skipped"
+    reasons = ", ".join(f"{n} {why}" for why, n in sorted(skipped.items()))
+    return f"{ds.image_count} images, {ds.skipped_count} skipped" + (
+        f" ({reasons})" if reasons else ""
+    )
 
 
 def mark_failed(session: Session, job: Job, exc: Exception) -> None:

@@ -9,9 +9,9 @@ publishes each unit's examples index, sheets, thumbnail and card.
 from __future__ import annotations
 
 import io
-import os
-from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections import deque
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -35,21 +35,19 @@ from contracts.jobs import (
 )
 from contracts.layout import Layout
 from workers.ml.mining import LayerReducer, Miner, merge_layer_states
-from workers.ml.receptive_field import receptive_field
-from workers.ml.sheets import (
-    CELL,
-    COLS,
-    RENDER_THREADS,
-    DrawnGroup,
-    draw_layer,
-    example_maps,
-    shown_images,
-)
-from workers.ml.sources import make_loader, plan_shards
-from workers.tasks.artifacts import publish, publish_json
-from workers.tasks.cards import refresh_card
+from workers.ml.sheets import CELL, COLS, RENDER_CHUNK, RENDER_THREADS, DrawnGroup, draw_units
+from workers.ml.sources import ShardSpan, make_loader, plan_shards
+from workers.tasks.artifacts import Stored, record_artifacts, store_artifact
+from workers.tasks.cards import PendingCard, prepare_card, record_card
 from workers.tasks.jobrun import Progress, Waiting, job_task, params_of
-from workers.tasks.runtime import DatasetImages, cached_model, device, ready_inputs
+from workers.tasks.runtime import (
+    DatasetImages,
+    cached_model,
+    device,
+    image_rows,
+    loader_workers,
+    ready_inputs,
+)
 
 K = 64  # examples kept per unit
 SHARD_SIZE = 512  # images per shard
@@ -70,27 +68,36 @@ def _load_state(store: ObjectStore, key: str) -> dict[str, LayerReducer]:
 
 
 @dataclass
-class Plan:
-    """What one mining run covers; the parent job and its shard jobs derive the same plan."""
+class Run:
+    """What one mining run covers (the model, dataset, layers and the hash naming its state);
+    the parent job and its shard jobs derive the same run."""
 
     model: Model
     ds: Dataset
     layers: list[Layer]
     params: dict[str, Any]
     run_hash: str
-    images: DatasetImages
-    shards: list[range]  # index ranges into images.ids
-    keys: list[str]  # each shard's saved state
 
     @property
     def layouts(self) -> dict[str, Layout]:
         return {x.module_path: Layout.from_dict(x.layout) for x in self.layers}
 
+    def shard_key(self, shard: int) -> str:
+        """Where shard ``shard``'s reducer state is saved."""
+        return f"runs/mining/{self.model.slug}/{self.run_hash}/shard-{shard:05d}.pt"
 
-def make_plan(
+
+@dataclass
+class Plan(Run):
+    """A run with every image of the dataset (for tasks that go over all of them)."""
+
+    images: DatasetImages
+
+
+def make_run(
     session: Session, model_id: int, dataset_id: int, layer_names: list[str] | None = None
-) -> Plan:
-    """Check the inputs (clear errors before any work) and lay out the shards.
+) -> Run:
+    """Check the inputs (clear errors before any work) and name the run.
 
     ``layer_names``: the layers to mine (None: the model's default layers).
     """
@@ -115,119 +122,129 @@ def make_plan(
         "version": MINING_VERSION,
     }
     run_hash = params_hash({**params, "layers": [x.name for x in layers]})
-    images = DatasetImages.of(session, ds)
-    shard_size = get_settings().mining_shard_size or SHARD_SIZE
-    shards = plan_shards([images.names[i] for i in images.ids], shard_size)
-    keys = [f"runs/mining/{model.slug}/{run_hash}/shard-{i:05d}.pt" for i in range(len(shards))]
-    return Plan(model, ds, layers, params, run_hash, images, shards, keys)
+    return Run(model, ds, layers, params, run_hash)
+
+
+def make_plan(
+    session: Session, model_id: int, dataset_id: int, layer_names: list[str] | None = None
+) -> Plan:
+    """``make_run`` with all the dataset's images loaded."""
+    run = make_run(session, model_id, dataset_id, layer_names)
+    return Plan(**vars(run), images=DatasetImages.of(session, run.ds))
 
 
 def mine_shard(session: Session, job: Job, progress: Progress) -> str:
     """Mine one shard of images and save its reducer state (the merge needs nothing else)."""
     p = params_of(job, MineShardParams)
-    plan = make_plan(session, p.model_id, p.dataset_id, p.layer_names)
+    run = make_run(session, p.model_id, p.dataset_id, p.layer_names)
     i = p.shard
-    if plan.run_hash != p.run_hash:
+    if run.run_hash != p.run_hash:
         return "superseded: the model, dataset or layers changed"
     store = make_store(get_settings())
-    if store.exists(plan.keys[i]):
+    if store.exists(run.shard_key(i)):
         return "already mined"
+    # Only this shard's rows: a shard job's work does not grow with the dataset.
+    images = DatasetImages.of(session, run.ds, positions=range(p.start, p.stop))
     session.commit()
-    dev = device()
-    loaded = cached_model(plan.model.spec, dev)
-    rng = plan.shards[i]
-    miner = Miner(plan.layouts, k=K)
-    # Decoding runs in loader processes where a GPU would otherwise wait for it.
-    workers = min(4, (os.cpu_count() or 1) - 1) if dev.startswith("cuda") else 0
-    shard_ids = [plan.images.ids[j] for j in rng]
+    loaded = cached_model(run.model.spec, device())
+    miner = Miner(run.layouts, k=K)
+    n = len(images.ids)
     miner.run(
         loaded.image_model,
-        make_loader(shard_ids, plan.images.loader(shard_ids, loaded.preprocess), BATCH, workers),
-        progress=lambda d: progress(d, len(rng), f"shard {i}: {d}/{len(rng)} images"),
+        make_loader(
+            images.ids, images.loader(images.ids, loaded.preprocess), BATCH, loader_workers()
+        ),
+        progress=lambda d: progress(d, n, f"shard {i}: {d}/{n} images"),
     )
-    _save_state(store, plan.keys[i], miner.reducers)
-    return f"shard {i}: {len(rng)} images"
+    _save_state(store, run.shard_key(i), miner.reducers)
+    return f"shard {i}: {n} images"
 
 
-def _shards_ready(session: Session, plan: Plan, progress: Progress) -> bool:
+def _shards_ready(session: Session, run: Run, spans: list[ShardSpan], progress: Progress) -> bool:
     """True when every shard is saved; otherwise queue the missing shard jobs (idempotent)."""
     store = make_store(get_settings())
-    missing = [i for i, key in enumerate(plan.keys) if not store.exists(key)]
-    done = len(plan.keys) - len(missing)
+    missing = [i for i in range(len(spans)) if not store.exists(run.shard_key(i))]
+    done = len(spans) - len(missing)
     if not missing:
         return True
     for i in missing:
         shard_job = enqueue_job(
             session,
             MineShardParams(
-                model_id=plan.model.id,
-                dataset_id=plan.ds.id,
-                run_hash=plan.run_hash,
+                model_id=run.model.id,
+                dataset_id=run.ds.id,
+                run_hash=run.run_hash,
                 shard=i,
-                layers=[x.name for x in plan.layers],
+                start=spans[i].start,
+                stop=spans[i].stop,
+                layers=[x.name for x in run.layers],
             ),
             queue="gpu",
-            model_id=plan.model.id,
-            dataset_id=plan.ds.id,
-            total=len(plan.shards[i]),
+            model_id=run.model.id,
+            dataset_id=run.ds.id,
+            total=spans[i].count,
         )
         if shard_job.state == JobState.FAILED and shard_job.attempts >= MAX_SHARD_ATTEMPTS:
             raise RuntimeError(f"shard {i} failed {shard_job.attempts} times: {shard_job.error}")
     session.commit()  # sends the shard tasks
-    progress(done, len(plan.keys) + 1, f"{done}/{len(plan.keys)} shards mined")
+    progress(done, len(spans) + 1, f"{done}/{len(spans)} shards mined")
     return False
 
 
-def _publish_unit(
-    session: Session,
+def merge_saved(store: ObjectStore, keys: Iterable[str]) -> dict[str, LayerReducer]:
+    """The saved shard states merged (exactly the single pass), loading one at a time."""
+    return merge_layer_states(_load_state(store, k) for k in keys)
+
+
+@dataclass
+class _StoredUnit:
+    """A drawn unit whose bytes are stored: its rows to write, the tiles of its card."""
+
+    path: str
+    unit: int
+    stored: list[Stored]
+    card_tiles: list[PILImage.Image] | None
+
+
+def _store_unit(
     store: ObjectStore,
-    plan: Plan,
-    layer: Layer,
+    model_slug: str,
+    layer_names: dict[str, str],
+    params: dict[str, Any],
+    path: str,
     u: int,
     index: DatasetExamples,
     drawn: dict[str, DrawnGroup],
-) -> None:
-    """A unit's sheets, thumbnail, card and examples index."""
-    model, params = plan.model, plan.params
-    jpeg_art = partial(
-        publish,
-        session,
+) -> _StoredUnit:
+    """On a drawing thread: store a unit's sheets, thumbnail and examples index."""
+    put = partial(
+        store_artifact,
         store,
-        model=model,
-        layer=layer,
+        model_slug=model_slug,
+        layer_name=layer_names[path],
         unit=u,
         params=params,
-        ext="jpg",
         content_type="image/jpeg",
+        ext="jpg",
     )
+    stored = []
     for group, d in drawn.items():
         for kind, data in (("example_crop", d.crops), ("example_heatmap", d.heatmaps)):
             meta = {"cols": COLS, "cell": CELL, "image_ids": d.image_ids}
-            jpeg_art(kind=kind, variant=group, data=data, meta=meta)
+            stored.append(put(kind=kind, variant=group, data=data, meta=meta))
         if d.thumb is not None:
             meta = {"image_id": d.image_ids[0]}
-            jpeg_art(kind="example_crop", variant="thumb", data=d.thumb, meta=meta)
-            refresh_card(session, store, model, layer, u, examples=d.card_tiles)
-    publish_json(
-        session,
-        store,
-        index,
-        model=model,
-        layer=layer,
-        unit=u,
+            stored.append(put(kind="example_crop", variant="thumb", data=d.thumb, meta=meta))
+    index_json = put(
         kind="dataset_examples",
         variant="",
-        params=params,
+        data=index.model_dump_json().encode(),
+        ext="json",
+        content_type="application/json",
         meta={"stats": index.stats.model_dump()},
     )
-
-
-def _batches(
-    images: DatasetImages, ids: Sequence[int]
-) -> Iterator[tuple[list[int], list[PILImage.Image]]]:
-    for start in range(0, len(ids), BATCH):
-        chunk = list(ids[start : start + BATCH])
-        yield chunk, images.decode(chunk)
+    tiles = drawn["top"].card_tiles if "top" in drawn else None
+    return _StoredUnit(path, u, [*stored, index_json], tiles)
 
 
 def mine(session: Session, job: Job, progress: Progress) -> str:
@@ -237,38 +254,64 @@ def mine(session: Session, job: Job, progress: Progress) -> str:
     states (exactly the single-pass result) and renders.
     """
     p = params_of(job, MineExamplesParams)
-    plan = make_plan(session, p.model_id, p.dataset_id, p.layer_names)
-    if not _shards_ready(session, plan, progress):
-        raise Waiting(f"waiting for {plan.model.slug} shards of {plan.ds.slug}")
+    run = make_run(session, p.model_id, p.dataset_id, p.layer_names)
+    spans = plan_shards(image_rows(session, run.ds), get_settings().mining_shard_size or SHARD_SIZE)
+    if not _shards_ready(session, run, spans, progress):
+        raise Waiting(f"waiting for {run.model.slug} shards of {run.ds.slug}")
     store = make_store(get_settings())
-    n = len(plan.images.ids)
-    total_units = sum(x.unit_count for x in plan.layers)
+    n = sum(s.count for s in spans)
+    total_units = sum(x.unit_count for x in run.layers)
     work = n + total_units
     session.commit()
-    merged = merge_layer_states([_load_state(store, k) for k in plan.keys])
-    dev = device()
-    loaded = cached_model(plan.model.spec, dev)
-    net, cfg, layouts = loaded.image_model, loaded.preprocess, plan.layouts
+    merged = merge_saved(store, (run.shard_key(i) for i in range(len(spans))))
     results = {path: r.finalize() for path, r in merged.items()}
-    # The maps of the images the sheets show: one more pass, over those images only.
-    wanted = shown_images(results)
-    batches = _batches(plan.images, sorted(wanted))
-    views, unit_maps = example_maps(net, layouts, wanted, batches, cfg, dev)
+    del merged
+    loaded = cached_model(run.model.spec, device())
 
-    # Drawn on threads; published on this thread in unit order (the session is not shared).
-    s = cfg.input_size
+    def decode(ids: list[int]) -> Iterator[tuple[list[int], list[PILImage.Image]]]:
+        # Only the rows of the images a render block shows.
+        return DatasetImages.of(session, run.ds, ids=ids).batches(BATCH)
+
+    # Drawn and stored on threads (sheets, then cards); their rows written on this thread in
+    # unit order (the session is not shared).
+    layers = {x.module_path: x for x in run.layers}
+    then = partial(
+        _store_unit, store, run.model.slug, {p: x.name for p, x in layers.items()}, run.params
+    )
     published = 0
+    cards: deque[tuple[PendingCard, Future[Stored]]] = deque()
     with ThreadPoolExecutor(max_workers=RENDER_THREADS) as pool:
-        for layer in plan.layers:
-            path = layer.module_path
-            rf = receptive_field(net, path, layouts[path], s)
-            for u, index, drawn in draw_layer(pool, results[path], path, views, unit_maps, rf, s):
-                _publish_unit(session, store, plan, layer, u, index, drawn)
-                published += 1
-                if published % 16 == 0:
-                    session.commit()
-                    progress(n + published, work, f"rendered {published}/{total_units} units")
-    return f"{n} images, {published} units across {len(plan.layers)} layers"
+        drawn_units = draw_units(
+            pool,
+            loaded.image_model,
+            run.layouts,
+            results,
+            decode,
+            loaded.preprocess,
+            device(),
+            then,
+        )
+        for done in drawn_units:
+            layer = layers[done.path]
+            record_artifacts(
+                session, model=run.model, layer=layer, unit=done.unit, stored=done.stored
+            )
+            if done.card_tiles is not None:
+                card = prepare_card(
+                    session, store, run.model, layer, done.unit, examples=done.card_tiles
+                )
+                if card is not None:
+                    cards.append((card, pool.submit(card.draw, store)))
+            while cards and (cards[0][1].done() or len(cards) > RENDER_CHUNK):
+                card, stored = cards.popleft()
+                record_card(session, run.model, card, stored.result())
+            published += 1
+            if published % 16 == 0:
+                session.commit()
+                progress(n + published, work, f"rendered {published}/{total_units} units")
+        for card, stored in cards:
+            record_card(session, run.model, card, stored.result())
+    return f"{n} images, {published} units across {len(run.layers)} layers"
 
 
 mine_examples = job_task(TASK_MINE_EXAMPLES, mine)

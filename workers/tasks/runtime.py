@@ -6,7 +6,8 @@ Tasks import these instead of each resolving devices or loading models its own w
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import os
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -22,13 +23,34 @@ from workers.ml.device import resolve_device
 from workers.ml.images import load_rgb
 from workers.ml.models import LoadedModel, PreprocessConfig, load_model
 from workers.ml.preprocess import to_batch
-from workers.ml.sources import read_images, shard_of
+from workers.ml.sources import iter_images, read_images, shard_of
 from workers.tasks.jobrun import Waiting
 
 
 def device() -> str:
     """The device this worker computes on (the DEVICE setting; 'auto' picks CUDA if present)."""
     return str(resolve_device(get_settings().device))
+
+
+def loader_workers() -> int:
+    """DataLoader worker processes that decode images beside the forward pass (the
+    LOADER_WORKERS setting). Default: on a GPU, the cores but one (at most 4), so decoding
+    keeps up with the device; on the CPU none, as the forward's threads already use every
+    core and loader processes beside them only oversubscribe (measured on 2 cores: one worker
+    made a mining pass 3-10x slower, benchmarks/mining_scale.py)."""
+    n = get_settings().loader_workers
+    if n is not None:
+        return n
+    return max(0, min(4, (os.cpu_count() or 1) - 1)) if device().startswith("cuda") else 0
+
+
+def image_rows(session: Session, ds: Dataset) -> Iterator[tuple[int, str]]:
+    """(position, name) of the dataset's images in order, streamed from the database (a plan
+    over every image holds none of them)."""
+    q = select(Image.position, Image.path).where(Image.dataset_id == ds.id)
+    yield from session.execute(
+        q.order_by(Image.position).execution_options(yield_per=2000)
+    ).tuples()
 
 
 @lru_cache(maxsize=2)
@@ -87,10 +109,23 @@ class DatasetImages:
     names: dict[int, str]
 
     @classmethod
-    def of(cls, session: Session, ds: Dataset, limit: int | None = None) -> DatasetImages:
-        """The dataset's images (the first ``limit`` of them)."""
-        q = select(Image.id, Image.path).where(Image.dataset_id == ds.id).order_by(Image.position)
-        rows = session.execute(q.limit(limit)).all()
+    def of(
+        cls,
+        session: Session,
+        ds: Dataset,
+        limit: int | None = None,
+        *,
+        positions: range | None = None,
+        ids: Collection[int] | None = None,
+    ) -> DatasetImages:
+        """The dataset's images (the first ``limit`` of them; only those at ``positions``, or
+        only ``ids``): a shard or a sheet loads its own rows, not the whole dataset's."""
+        q = select(Image.id, Image.path).where(Image.dataset_id == ds.id)
+        if positions is not None:
+            q = q.where(Image.position >= positions.start, Image.position < positions.stop)
+        if ids is not None:
+            q = q.where(Image.id.in_(list(ids)))
+        rows = session.execute(q.order_by(Image.position).limit(limit)).all()
         return cls(Path(ds.source), [r[0] for r in rows], {r[0]: r[1] for r in rows})
 
     def read(self, ids: Sequence[int]) -> dict[int, bytes]:
@@ -103,6 +138,21 @@ class DatasetImages:
         wanted = self.ids if ids is None else ids
         data = self.read(wanted)
         return [load_rgb(data[i]) for i in wanted]
+
+    def batches(self, size: int) -> Iterator[tuple[list[int], list[PILImage.Image]]]:
+        """All its images decoded, ``size`` at a time, in the order the sources store them:
+        each tar shard read once, front to back, and one batch's images held at a time."""
+        by_name = {name: i for i, name in self.names.items()}
+        ids: list[int] = []
+        imgs: list[PILImage.Image] = []
+        for name, data in iter_images(self.root, [self.names[i] for i in self.ids]):
+            ids.append(by_name[name])
+            imgs.append(load_rgb(data))
+            if len(ids) == size:
+                yield ids, imgs
+                ids, imgs = [], []
+        if ids:
+            yield ids, imgs
 
     def loader(self, ids: Sequence[int], cfg: PreprocessConfig) -> Callable[[int], torch.Tensor]:
         """Model input by image id, for ``workers.ml.sources.make_loader``: loose files are read

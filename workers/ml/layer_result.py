@@ -1,0 +1,98 @@
+"""The finalized dataset examples of one layer (``LayerReducer.finalize`` in
+``workers/ml/mining.py``), and each unit's artifact cut from them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from contracts.artifacts import DatasetExamples, Example, Histogram, Stratum, UnitStats
+
+
+@dataclass
+class LayerResult:
+    """Finalized dataset examples of one layer; unit i is row i of every tensor.
+
+    Padding: ids -1 and scores NaN where fewer images exist than slots.
+    """
+
+    grid: tuple[int, int]  # (H, W) of the unit maps
+    count: int  # images seen
+    top_ids: torch.Tensor  # (U, k) int64, best first
+    top_scores: torch.Tensor  # (U, k) float32, the unit's max over positions
+    top_y: torch.Tensor  # (U, k) int64 argmax row in the unit map
+    top_x: torch.Tensor  # (U, k) int64 argmax column
+    neg_ids: torch.Tensor | None  # (U, k) most negative min first; None if never negative
+    neg_scores: torch.Tensor | None
+    neg_y: torch.Tensor | None
+    neg_x: torch.Tensor | None
+    strata_ids: torch.Tensor  # (U, S, P) int64, stratum 0 = lowest quantile of max scores
+    strata_scores: torch.Tensor  # (U, S, P) float32
+    strata_edges: torch.Tensor  # (U, S + 1) float32, score at each stratum boundary
+    hist_counts: torch.Tensor  # (U, B) int64, sketch images per bin
+    hist_lo: torch.Tensor  # (U,) float32, left edge of bin 0
+    hist_hi: torch.Tensor  # (U,) float32, right edge of the last bin
+    mean: torch.Tensor  # (U,) float64, of per-image max scores
+    std: torch.Tensor  # (U,) float64, population std of per-image max scores
+    active_share: torch.Tensor  # (U,) float64, share of images with max > 0
+    min: torch.Tensor  # (U,) float32, global min over images and positions
+    max: torch.Tensor  # (U,) float32, global max over images and positions
+
+    @property
+    def unit_count(self) -> int:
+        return int(self.top_ids.shape[0])
+
+    def unit(self, index: int) -> DatasetExamples:
+        """One unit's examples, strata, histogram and moments, as its artifact stores them."""
+
+        def examples(
+            ids: torch.Tensor, scores: torch.Tensor, ys: torch.Tensor, xs: torch.Tensor
+        ) -> list[Example]:
+            keep = ids[index] >= 0
+            return [
+                Example(image_id=int(i), score=float(s), y=int(y), x=int(x))
+                for i, s, y, x in zip(
+                    ids[index][keep].tolist(),
+                    scores[index][keep].tolist(),
+                    ys[index][keep].tolist(),
+                    xs[index][keep].tolist(),
+                    strict=True,
+                )
+            ]
+
+        negative = None
+        if self.neg_ids is not None:
+            assert self.neg_scores is not None
+            assert self.neg_y is not None
+            assert self.neg_x is not None
+            negative = examples(self.neg_ids, self.neg_scores, self.neg_y, self.neg_x)
+        strata = []
+        for s in range(self.strata_ids.shape[1]):
+            keep = self.strata_ids[index, s] >= 0
+            strata.append(
+                Stratum(
+                    lo=float(self.strata_edges[index, s]),
+                    hi=float(self.strata_edges[index, s + 1]),
+                    image_ids=self.strata_ids[index, s][keep].tolist(),
+                    scores=self.strata_scores[index, s][keep].tolist(),
+                )
+            )
+        return DatasetExamples(
+            top=examples(self.top_ids, self.top_scores, self.top_y, self.top_x),
+            negative=negative,
+            strata=strata,
+            histogram=Histogram(
+                lo=float(self.hist_lo[index]),
+                hi=float(self.hist_hi[index]),
+                counts=self.hist_counts[index].tolist(),
+            ),
+            stats=UnitStats(
+                count=self.count,
+                mean=float(self.mean[index]),
+                std=float(self.std[index]),
+                active_share=float(self.active_share[index]),
+                min=float(self.min[index]),
+                max=float(self.max[index]),
+            ),
+        )
