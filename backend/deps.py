@@ -54,11 +54,13 @@ async def in_session(request: Request, work: Callable[[Session], T]) -> T:
     there: one thread hop where a sync handler with SessionDep takes three (the dependency's
     entry and exit, the handler). For the hottest reads, the unit page and unit JSON, whose
     cold path those hops made a quarter slower (benchmarks/server.py). At most
-    POOL_CAPACITY at once, as SessionDep, so these calls never take every thread."""
+    ``read_concurrency`` at once (at most POOL_CAPACITY), so these calls never take every
+    thread or connection."""
     state = request.app.state
     limiter = getattr(state, "session_limiter", None)
     if limiter is None:  # made on the event loop, on first use
-        limiter = state.session_limiter = anyio.CapacityLimiter(POOL_CAPACITY)
+        n = min(state.settings.read_concurrency, POOL_CAPACITY)
+        limiter = state.session_limiter = anyio.CapacityLimiter(n)
 
     def run() -> T:
         with _transaction(state.settings) as session:
