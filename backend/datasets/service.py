@@ -32,8 +32,11 @@ def get_dataset(session: Session, slug: str) -> Dataset:
 def check_dataset_folder(path: str, roots: Sequence[Path]) -> Path:
     """The folder, resolved (symlinks followed), if it is one under a dataset root; whether it
     exists is only said for folders under a root (no probing of the server's file system)."""
-    folder = Path(path).expanduser().resolve()
-    if not any(folder.is_relative_to(root) for root in roots):
+    try:
+        folder = Path(path).expanduser().resolve()
+    except (RuntimeError, ValueError, OSError):  # "~nobody" (no such user), a NUL byte, ...
+        folder = None
+    if folder is None or not any(folder.is_relative_to(root) for root in roots):
         raise InvalidInput(
             "dataset folders must be under a dataset root (the MICROSCOPE_DATASET_ROOTS "
             "setting); this one is not"

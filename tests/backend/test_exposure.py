@@ -38,7 +38,12 @@ def test_production_refuses_default_or_short_s3_secrets(tmp_path: Path, secret: 
     assert ok.s3_secret_key == "s" * 24
 
 
-@pytest.mark.parametrize("path", ["/", "/etc", "{data}/../..", "{root}/../outside"])
+@pytest.mark.parametrize(
+    # ... and paths that cannot be resolved at all: a user's home that does not exist (found
+    # by the OpenAPI fuzzer: it answered 500), a NUL byte.
+    "path",
+    ["/", "/etc", "{data}/../..", "{root}/../outside", "~0", "~no-such-user", "{root}/a\x00b"],
+)
 def test_datasets_only_from_the_dataset_roots(client, admin, settings, path: str) -> None:
     root = settings.dataset_roots[0]
     (root.parent / "outside").mkdir(exist_ok=True)
