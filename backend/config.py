@@ -42,12 +42,13 @@ class Settings(BaseSettings):
     cors_origins: list[str] | None = None
     # The web process's cache of rendered catalog pages (backend/pagecache.py); 0 turns it off.
     page_cache_mb: int = 64
-    # Unit pages and unit JSON computed at once per web process (backend/deps.py in_session):
-    # past a few, threads only fight over the GIL (measured by benchmarks/server.py: 4 served
-    # 1.5x the requests of 20 on 2 cores). Raise it when the database or S3 is far away.
-    read_concurrency: int = Field(default=4, ge=1)
     # How stale a cached page may be after another process's commit, at most.
     page_cache_check_seconds: float = 0.02
+    # Unit pages and unit JSON computed at once per web process (backend/deps.py in_session):
+    # past a few, threads only fight over the GIL (benchmarks/server.py on 2 cores: 4 served
+    # 1.2x the unit JSON and 1.5x the unit pages of 20). Raise it when the database or S3 is
+    # far away.
+    read_concurrency: int = Field(default=4, ge=1)
     # Admin browser sessions: signed with this secret (default: derived from the admin token),
     # valid this long.
     session_secret: str | None = None

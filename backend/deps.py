@@ -53,7 +53,7 @@ async def in_session(request: Request, work: Callable[[Session], T]) -> T:
     """``work(session)`` in one worker thread, its transaction opened, committed and closed
     there: one thread hop where a sync handler with SessionDep takes three (the dependency's
     entry and exit, the handler). For the hottest reads, the unit page and unit JSON, whose
-    cold path those hops made a quarter slower (benchmarks/server.py). At most
+    cold path those hops made about a fifth slower (benchmarks/server.py). At most
     ``read_concurrency`` at once (at most POOL_CAPACITY), so these calls never take every
     thread or connection."""
     state = request.app.state

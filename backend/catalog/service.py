@@ -203,7 +203,7 @@ def unit_view(session: Session, model_slug: str, layer_name: str, index: int) ->
     # The hot path: two queries. The step-by-step lookups only name what is unknown.
     found = repo.find_unit(model_slug, layer_name, index)
     model, layer, unit = found or resolve_unit(session, model_slug, layer_name, index)
-    arts = list(repo.unit_and_layer_artifacts(layer.id, index, LAYER_KINDS_PER_UNIT))
+    arts = repo.unit_and_layer_artifacts(layer.id, index, LAYER_KINDS_PER_UNIT)
     out = unit_out(model, layer, unit, arts)
     by_kind: dict[str, list[ArtifactOut]] = {}
     for a in out.artifacts:

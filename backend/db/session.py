@@ -28,8 +28,9 @@ def make_engine(url: str) -> Engine:
             url,
             connect_args={"check_same_thread": False, "timeout": 30},
             # Every connection kept: an overflow connection is closed on return, and opening
-            # one (with its PRAGMAs) cost a busy web process a third of a unit request's CPU.
-            # SQLite connections hold no server resources, so keeping them all is free.
+            # one (with its PRAGMAs) again and again cost a busy web process about 8% of a
+            # unit request's CPU (benchmarks/server.py under py-spy). SQLite connections hold
+            # no server resources, so keeping them all is free.
             pool_size=POOL_CAPACITY,
             max_overflow=0,
         )
