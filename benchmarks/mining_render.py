@@ -35,9 +35,10 @@ from workers.ml.receptive_field import receptive_field
 from workers.ml.sheets import (
     RENDER_CHUNK,
     RENDER_THREADS,
-    example_maps,
+    SHOWN,
+    example_views,
+    kept_unit_maps,
     render_unit,
-    shown_images,
 )
 
 DEMO = Path("/tmp/up1/datasets/demo")
@@ -70,15 +71,16 @@ def main() -> None:
         (to_batch(imgs[i : i + BATCH], cfg), torch.arange(i, min(i + BATCH, len(imgs))))
         for i in range(0, len(imgs), BATCH)
     ]
-    results = {p: r.finalize() for p, r in Miner(layouts).run(net, batches).items()}
+    reducers = Miner(layouts, maps=SHOWN).run(net, batches)
+    results = {p: r.finalize() for p, r in reducers.items()}
     jobs = [(p, u) for p, res in results.items() for u in range(min(args.units, res.unit_count))]
-    # Every unit map a sheet shows (as mining computes them).
-    wanted = shown_images(results, jobs)
+    # Every unit map a sheet shows (kept while mining, as the mining job keeps them).
+    unit_maps = kept_unit_maps(results, jobs)
     chunks = (
         (list(range(i, min(i + BATCH, len(imgs)))), imgs[i : i + BATCH])
         for i in range(0, len(imgs), BATCH)
     )
-    views, unit_maps = example_maps(net, layouts, wanted, chunks, cfg, "cpu")
+    views = example_views(chunks, cfg)
     s = cfg.input_size
     fields = {p: receptive_field(net, p, layouts[p], s) for p in layouts}
 

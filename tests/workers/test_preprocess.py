@@ -10,9 +10,10 @@ from torch import nn
 
 from contracts.layout import Layout
 from workers.ml.featvis.facets import pooled_activations
+from workers.ml.mining import Miner
 from workers.ml.models import PreprocessConfig
 from workers.ml.preprocess import from_pil, model_view, normalize, to_batch
-from workers.ml.sheets import example_maps
+from workers.ml.sheets import example_views, kept_unit_maps
 from workers.tasks.runtime import DatasetImages
 
 IMAGE_ID = 7
@@ -45,12 +46,15 @@ def test_mining_sheets_and_facets_see_the_same_pixels(photo, cfg) -> None:
     # A model whose one layer is its flattened input: each "unit" is one input value.
     net = nn.Sequential(nn.Flatten()).eval()
     flat = Layout("nc")
-    # The sheets: the image the crops are cut from, and the maps their heatmaps draw.
-    wanted = {IMAGE_ID: {("0", 0)}}
-    views, maps = example_maps(net, {"0": flat}, wanted, [([IMAGE_ID], [img])], cfg, "cpu")
+    # The sheets: the image the crops are cut from, and the maps (kept while mining) their
+    # heatmaps draw.
+    miner = Miner({"0": flat}, k=1, sketch_size=1, maps=1)
+    miner.update(net, mined[None], torch.tensor([IMAGE_ID]))
+    maps = kept_unit_maps({"0": miner.reducers["0"].finalize()}, [("0", 0)])
+    views = example_views([([IMAGE_ID], [img])], cfg)
     assert views[IMAGE_ID].size == (cfg.input_size, cfg.input_size)
     torch.testing.assert_close(normalize(from_pil([views[IMAGE_ID]]), cfg)[0], mined)
-    assert float(maps[("0", 0, IMAGE_ID)]) == float(mined.reshape(-1)[0])
+    assert float(maps[("0", 0, IMAGE_ID)]) == float(mined.reshape(-1)[0].half())
     # Facet probes: what the probe is trained on.
     pooled = pooled_activations(net, "0", flat, [img], cfg)  # (1, 3 * S * S)
     torch.testing.assert_close(pooled[0], mined.reshape(-1))

@@ -38,6 +38,10 @@ class LayerResult:
     active_share: torch.Tensor  # (U,) float64, share of images with max > 0
     min: torch.Tensor  # (U,) float32, global min over images and positions
     max: torch.Tensor  # (U,) float32, global max over images and positions
+    # Kept while mining (LayerReducer maps=m): the unit's map (H, W) on its first m top and
+    # negative examples, row j that of example j; None when not kept.
+    top_maps: torch.Tensor | None = None  # (U, m, H, W) float16
+    neg_maps: torch.Tensor | None = None  # (U, m, H, W) float16; None if never negative
 
     @property
     def unit_count(self) -> int:

@@ -20,10 +20,11 @@ from torch import nn
 
 from contracts.layout import Layout
 from workers.ml.hooks import run_to, to_unit_maps
+from workers.ml.kept_maps import KeptMaps, keep_batch, merge_kept
 from workers.ml.keys import MAX_IMAGE_ID, decode_keys, make_keys, splitmix64
 from workers.ml.layer_result import LayerResult
 
-STATE_VERSION = 1
+STATE_VERSION = 2  # 2: the kept maps (version 1 states load without them)
 
 
 def _max_argmax(maps: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -160,11 +161,18 @@ class LayerReducer:
     # entries per unit) then falls on few large batches instead of every small one.
     fold_images = 256
 
-    def __init__(self, k: int = 64, sketch_size: int = 1024) -> None:
+    def __init__(self, k: int = 64, sketch_size: int = 1024, maps: int = 0) -> None:
+        """``maps``: per unit, keep the unit maps of this many best (and most negative)
+        examples (``workers/ml/kept_maps.py``); at most k."""
         if k < 1 or sketch_size < 1:
             raise ValueError("k and sketch_size must be positive")
+        if not 0 <= maps <= k:
+            raise ValueError("maps must lie in [0, k]")
         self.k = k
         self.sketch_size = sketch_size
+        self.maps = maps
+        # Folded at every update, not pending: a pending batch would hold its whole maps.
+        self.kept: KeptMaps | None = None
         # Created by the first update, on the activations' device.
         self._state: ReducerState | None = None
         # Not yet folded: per batch (max, argmax, min, argmin (N, U) each, ids (N,)), of maps
@@ -210,7 +218,10 @@ class LayerReducer:
                 f"layer shape changed: {shape[1]} units on {shape[0]} "
                 f"vs {maps.shape[1]} units on {grid}"
             )
-        self._pending.append((*_max_argmax(maps), ids))
+        mx, amx, mn, amn = _max_argmax(maps)
+        if self.maps:
+            self.kept = keep_batch(self.kept, maps, mx, mn, ids, self.maps)
+        self._pending.append((mx, amx, mn, amn, ids))
         self._pending_grid = grid
         self._pending_images += int(ids.shape[0])
         if self._pending_images >= self.fold_images:
@@ -234,7 +245,9 @@ class LayerReducer:
             "version": STATE_VERSION,
             "k": self.k,
             "sketch_size": self.sketch_size,
+            "maps": self.maps,
             "state": None,
+            "kept": None if self.kept is None else self.kept.state_dict(),
         }
         if self.state is not None:
             st = {name: t.detach().cpu() for name, t in self.state.tensors().items()}
@@ -246,9 +259,11 @@ class LayerReducer:
         cls, state: dict[str, Any], device: torch.device | str | None = None
     ) -> LayerReducer:
         """Rebuild a reducer saved by :meth:`state_dict` (optionally onto ``device``)."""
-        if state.get("version") != STATE_VERSION:
+        if state.get("version") not in (1, STATE_VERSION):
             raise ValueError(f"unsupported reducer state version {state.get('version')!r}")
-        out = cls(int(state["k"]), int(state["sketch_size"]))
+        out = cls(int(state["k"]), int(state["sketch_size"]), int(state.get("maps", 0)))
+        if state.get("kept") is not None:
+            out.kept = KeptMaps.from_state_dict(state["kept"], device)
         st = state["state"]
         if st is not None:
             tensors = {f: st[f].to(device) if device else st[f].clone() for f in _TENSOR_FIELDS}
@@ -267,6 +282,7 @@ class LayerReducer:
         if bool((st.min < 0).any()):
             neg_scores, neg_ids = decode_keys(st.neg_keys)
             neg = (neg_ids, -neg_scores, st.neg_pos // w, st.neg_pos % w)
+        top_maps, neg_maps = self._kept_maps(st, neg is not None)
         strata_ids, strata_scores, edges = _strata(
             st.sketch_scores, st.sketch_ids, n_strata, per_stratum
         )
@@ -285,6 +301,8 @@ class LayerReducer:
             neg_scores=neg[1] if neg else None,
             neg_y=neg[2] if neg else None,
             neg_x=neg[3] if neg else None,
+            top_maps=top_maps,
+            neg_maps=neg_maps,
             strata_ids=strata_ids,
             strata_scores=strata_scores,
             strata_edges=edges,
@@ -297,6 +315,21 @@ class LayerReducer:
             min=st.min.clone(),
             max=st.max.clone(),
         )
+
+    def _kept_maps(
+        self, st: ReducerState, negative: bool
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """The kept maps, rows aligned with the first examples of the top-k (and negative)."""
+        if self.kept is None:
+            return None, None
+        m = self.kept.top_keys.shape[1]
+        for name, kept, keys in (
+            ("top", self.kept.top_keys, st.top_keys),
+            ("negative", self.kept.neg_keys, st.neg_keys),
+        ):
+            if not torch.equal(kept, keys[:, :m]):
+                raise RuntimeError(f"kept maps out of step with the {name} examples")
+        return self.kept.top_maps, self.kept.neg_maps if negative else None
 
 
 def _top(keys: torch.Tensor, pos: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -367,12 +400,13 @@ def merge_reducers(reducers: Sequence[LayerReducer]) -> LayerReducer:
     """Merge shard reducers of one layer; equal to a single pass over all shards."""
     if not reducers:
         raise ValueError("nothing to merge")
-    out = LayerReducer(reducers[0].k, reducers[0].sketch_size)
+    out = LayerReducer(reducers[0].k, reducers[0].sketch_size, reducers[0].maps)
     for r in reducers:
-        if (r.k, r.sketch_size) != (out.k, out.sketch_size):
-            raise ValueError("cannot merge reducers with different k or sketch size")
+        if (r.k, r.sketch_size, r.maps) != (out.k, out.sketch_size, out.maps):
+            raise ValueError("cannot merge reducers with different k, sketch size or maps")
         if r.state is not None:
             out.state = _combine(out.state, r.state, out.k, out.sketch_size)
+            out.kept = merge_kept(out.kept, r.kept, out.maps)
     return out
 
 
@@ -402,14 +436,17 @@ class Miner:
         k: int = 64,
         sketch_size: int = 1024,
         autocast_dtype: torch.dtype | None = None,
+        maps: int = 0,
     ) -> None:
+        """``maps``: the unit maps of each unit's best this many examples are kept
+        (``LayerReducer``)."""
         if not layers:
             raise ValueError("no layers to mine")
         self.layers = dict(layers)
         # fp32 by default: bf16/fp16 scores tie and reorder near-equal images, so reduced
         # precision is opt-in (CUDA only) for throughput when exact ranking matters less.
         self.autocast_dtype = autocast_dtype
-        self.reducers = {p: LayerReducer(k, sketch_size) for p in self.layers}
+        self.reducers = {p: LayerReducer(k, sketch_size, maps) for p in self.layers}
 
     def update(self, model: nn.Module, images: torch.Tensor, ids: torch.Tensor) -> None:
         """Run one batch (N, 3, S, S) to the deepest mined layer and fold it in."""

@@ -1,9 +1,10 @@
 """A unit's example sheets: its top and most negative dataset examples as receptive-field crops
 and activation heatmaps on a grid, drawn from the mined results.
 
-Only the images a sheet shows are run through the model again (to the mined layers), for
-their unit maps; every drawing takes the model-view image (``preprocess.model_view``), so
-map positions and receptive-field boxes fall on the pixels the model saw.
+The heatmaps draw the unit maps kept while mining (``workers/ml/kept_maps.py``), so no image
+is run through the model again; only the images a sheet shows are decoded again, and every
+drawing takes the model-view image (``preprocess.model_view``), so map positions and
+receptive-field boxes fall on the pixels the model saw.
 """
 
 from __future__ import annotations
@@ -22,11 +23,10 @@ from torch import nn
 
 from contracts.artifacts import DatasetExamples
 from contracts.layout import Layout
-from workers.ml.hooks import run_to, to_unit_maps
 from workers.ml.images import jpeg_bytes
 from workers.ml.layer_result import LayerResult
 from workers.ml.models import PreprocessConfig
-from workers.ml.preprocess import model_view, to_batch
+from workers.ml.preprocess import model_view
 from workers.ml.receptive_field import RF, receptive_field
 from workers.ml.render import crop_example, heatmap_overlay
 
@@ -110,33 +110,34 @@ def render_blocks(results: Mapping[str, LayerResult]) -> Iterator[list[tuple[str
         yield block
 
 
-def example_maps(
-    model: nn.Module,
-    layouts: Mapping[str, Layout],
-    wanted: Shown,
-    batches: Iterable[tuple[Sequence[int], Sequence[Image.Image]]],
-    cfg: PreprocessConfig,
-    device: torch.device | str,
-) -> tuple[dict[int, Image.Image], UnitMaps]:
-    """The model-view image of every shown image and the unit maps its sheets draw.
+def example_views(
+    batches: Iterable[tuple[Sequence[int], Sequence[Image.Image]]], cfg: PreprocessConfig
+) -> dict[int, Image.Image]:
+    """The model-view image of every shown image, by id.
 
     ``batches``: (image ids, decoded images) of the shown images, a batch at a time.
     """
-    views: dict[int, Image.Image] = {}
-    maps_out: UnitMaps = {}
-    for ids, imgs in batches:
-        for i, im in zip(ids, imgs, strict=True):
-            views[i] = model_view(im, cfg)
-        x = to_batch(imgs, cfg).to(device)  # (N, 3, S, S)
-        with torch.inference_mode():
-            outs = run_to(model, x, list(layouts))
-        for path, out in outs.items():
-            maps = to_unit_maps(out, layouts[path]).float().cpu()  # (N, U, H, W)
-            for row, i in enumerate(ids):
-                for p, u in wanted[i]:
-                    if p == path:
-                        maps_out[(path, u, i)] = maps[row, u].clone()  # (H, W)
-    return views, maps_out
+    return {
+        i: model_view(im, cfg) for ids, imgs in batches for i, im in zip(ids, imgs, strict=True)
+    }
+
+
+def kept_unit_maps(
+    results: Mapping[str, LayerResult], units: Iterable[tuple[str, int]]
+) -> UnitMaps:
+    """The maps the sheets of ``units`` draw, from the maps kept while mining."""
+    out: UnitMaps = {}
+    for path, u in units:
+        res = results[path]
+        if res.top_maps is None or res.top_maps.shape[1] < min(SHOWN, res.top_ids.shape[1]):
+            raise ValueError(f"layer {path} was mined without the maps of {SHOWN} examples")
+        for ids, maps in ((res.top_ids, res.top_maps), (res.neg_ids, res.neg_maps)):
+            if ids is None or maps is None:
+                continue
+            for j, i in enumerate(ids[u, :SHOWN].tolist()):
+                if i >= 0:
+                    out[(path, u, i)] = maps[u, j]  # (H, W); the same map in either group
+    return out
 
 
 @dataclass
@@ -203,13 +204,13 @@ def draw_units(
     results: Mapping[str, LayerResult],
     decode: Decode,
     cfg: PreprocessConfig,
-    device: torch.device | str,
     then: Then[T],
 ) -> Iterator[T]:
     """``then``'s result for every unit, in order, a block (``render_blocks``) at a time: the
-    block's shown images are decoded (``decode``: their ids -> batches of (ids, images)) and
-    run to its layers once, then its units are drawn, and passed to ``then``, on ``pool``'s
-    threads (Pillow and numpy release the GIL) a chunk at a time."""
+    block's shown images are decoded (``decode``: their ids -> batches of (ids, images)),
+    then its units are drawn from them and their kept maps (``results`` must keep them), and
+    passed to ``then``, on ``pool``'s threads (Pillow and numpy release the GIL) a chunk at a
+    time. ``model`` only gives the layers' receptive fields."""
     size = cfg.input_size
     fields: dict[str, RF] = {}
     for block in render_blocks(results):
@@ -217,10 +218,8 @@ def draw_units(
         for p in paths:
             if p not in fields:
                 fields[p] = receptive_field(model, p, layouts[p], size)
-        wanted = shown_images(results, block)
-        views, unit_maps = example_maps(
-            model, {p: layouts[p] for p in paths}, wanted, decode(sorted(wanted)), cfg, device
-        )
+        unit_maps = kept_unit_maps(results, block)
+        views = example_views(decode(sorted(shown_images(results, block))), cfg)
         draw = partial(_draw, results, views, unit_maps, fields, size, then)
         for first in range(0, len(block), RENDER_CHUNK):
             yield from pool.map(draw, block[first : first + RENDER_CHUNK])

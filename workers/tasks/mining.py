@@ -35,7 +35,15 @@ from contracts.jobs import (
 )
 from contracts.layout import Layout
 from workers.ml.mining import LayerReducer, Miner, merge_layer_states
-from workers.ml.sheets import CELL, COLS, RENDER_CHUNK, RENDER_THREADS, DrawnGroup, draw_units
+from workers.ml.sheets import (
+    CELL,
+    COLS,
+    RENDER_CHUNK,
+    RENDER_THREADS,
+    SHOWN,
+    DrawnGroup,
+    draw_units,
+)
 from workers.ml.sources import ShardSpan, make_loader, plan_shards
 from workers.tasks.artifacts import Stored, record_artifacts, store_artifact
 from workers.tasks.cards import PendingCard, prepare_card, record_card
@@ -52,7 +60,9 @@ from workers.tasks.runtime import (
 K = 64  # examples kept per unit
 SHARD_SIZE = 512  # images per shard
 BATCH = 32
-MINING_VERSION = 2  # 2: sheets drawn from the exact pixels the model saw
+# 2: sheets drawn from the exact pixels the model saw; 3: shard states keep the shown
+# examples' maps (older states lack them)
+MINING_VERSION = 3
 MAX_SHARD_ATTEMPTS = 3
 
 
@@ -147,7 +157,7 @@ def mine_shard(session: Session, job: Job, progress: Progress) -> str:
     images = DatasetImages.of(session, run.ds, positions=range(p.start, p.stop))
     session.commit()
     loaded = cached_model(run.model.spec, device())
-    miner = Miner(run.layouts, k=K)
+    miner = Miner(run.layouts, k=K, maps=SHOWN)  # the sheets draw the kept maps
     n = len(images.ids)
     miner.run(
         loaded.image_model,
@@ -288,7 +298,6 @@ def mine(session: Session, job: Job, progress: Progress) -> str:
             results,
             decode,
             loaded.preprocess,
-            device(),
             then,
         )
         for done in drawn_units:
