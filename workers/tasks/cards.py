@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import io
+from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from PIL import Image
-from sqlalchemy import delete, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from backend.db.models import Artifact, Layer, Model, Unit
@@ -15,7 +17,7 @@ from backend.storage import NotFound, ObjectStore
 from contracts.jobs import CHANNEL_VARIANTS
 from workers.ml.cards import CARD_EXT, CARD_TYPE, neuron_card, sheet_tiles
 from workers.ml.sheets import CARD_TILES, CELL
-from workers.tasks.artifacts import Stored, record_artifacts, store_artifact
+from workers.tasks.artifacts import Stored, record_units, store_artifact
 
 
 def _image(store: ObjectStore, key: str | None) -> Image.Image | None:
@@ -27,24 +29,81 @@ def _image(store: ObjectStore, key: str | None) -> Image.Image | None:
         return None
 
 
+@dataclass(frozen=True)
+class CardFacts:
+    """What a unit's card shows besides its examples, as the database has it."""
+
+    featvis_key: str | None  # the channel feature visualization shown large, if rendered
+    examples_key: str | None  # the stored top example sheet
+    label: str | None  # the unit's label, with its fidelity when automatic
+
+
+NO_FACTS = CardFacts(None, None, None)
+# A card's params change with what it shows: recording one replaces any earlier card.
+CARD_KINDS = ("neuron_card",)
+
+
+def card_facts(
+    session: Session, layer: Layer, units: Sequence[int] | None = None
+) -> dict[int, CardFacts]:
+    """The card facts of ``units`` of ``layer`` (None: all its units) in two queries; units
+    with none are left out (``NO_FACTS``)."""
+    arts = select(Artifact.unit_index, Artifact.kind, Artifact.variant, Artifact.storage_key).where(
+        Artifact.layer_id == layer.id, Artifact.kind.in_(("featvis", "example_crop"))
+    )
+    labels = select(Unit.index, Unit.label, Unit.label_source, Unit.label_confidence).where(
+        Unit.layer_id == layer.id, Unit.label.is_not(None), Unit.label != ""
+    )
+    if units is not None:
+        arts = arts.where(Artifact.unit_index.in_(units))
+        labels = labels.where(Unit.index.in_(units))
+    keys: dict[int, dict[tuple[str, str], str]] = defaultdict(dict)
+    for u, kind, variant, key in session.execute(arts):
+        if u is not None:
+            keys[u][(kind, variant)] = key
+    label_of: dict[int, str] = {}
+    for u, label, source, confidence in session.execute(labels):
+        # An automatic label carries its fidelity, as on every page.
+        scored = source == "auto" and confidence is not None
+        label_of[u] = f"{label} (fidelity {confidence:.2f})" if scored else str(label)
+    out = {}
+    for u in keys.keys() | label_of.keys():
+        k = keys.get(u, {})
+        fv = next((k[("featvis", v)] for v in CHANNEL_VARIANTS if ("featvis", v) in k), None)
+        out[u] = CardFacts(fv, k.get(("example_crop", "top")), label_of.get(u))
+    return out
+
+
 @dataclass
 class PendingCard:
-    """A unit's card with everything it shows read (on the session's thread); ``draw`` needs
-    no session and no ORM object, so it can run on a drawing thread."""
+    """A unit's card with what it shows; ``draw`` needs no session and no ORM object, so it
+    can run on a drawing thread."""
 
-    layer: Layer
-    unit: int
     model_slug: str
     layer_name: str
-    title: str
-    subtitle: str
-    label: str | None
-    featvis: Image.Image | None
-    examples: list[Image.Image]
-    params: dict[str, Any]  # the card's key changes whenever what it shows changes
+    unit: int
+    facts: CardFacts
+    examples: list[Image.Image] | None  # None: cut from the stored top sheet when drawn
+
+    @property
+    def params(self) -> dict[str, Any]:
+        """The card's key changes whenever what it shows changes."""
+        f = self.facts
+        return {"featvis": f.featvis_key, "examples": f.examples_key, "label": f.label}
 
     def draw(self, store: ObjectStore) -> Stored:
-        """Draw the card and store its bytes (its row is ``record_card``'s)."""
+        """Draw the card and store its bytes (its row is the caller's to record)."""
+        examples = self.examples
+        if examples is None:
+            sheet = _image(store, self.facts.examples_key)
+            examples = sheet_tiles(sheet, CELL, CARD_TILES) if sheet is not None else []
+        data = neuron_card(
+            f"Unit {self.unit}",
+            f"{self.model_slug} · {self.layer_name}",
+            self.facts.label,
+            _image(store, self.facts.featvis_key),
+            examples,
+        )
         return store_artifact(
             store,
             model_slug=self.model_slug,
@@ -53,87 +112,31 @@ class PendingCard:
             kind="neuron_card",
             variant="",
             params=self.params,
-            data=neuron_card(self.title, self.subtitle, self.label, self.featvis, self.examples),
+            data=data,
             ext=CARD_EXT,
             content_type=CARD_TYPE,
         )
 
 
-def prepare_card(
-    session: Session,
-    store: ObjectStore,
-    model: Model,
-    layer: Layer,
-    unit: int,
-    *,
-    examples: list[Image.Image] | None = None,
+def pending_card(
+    model: Model | str, layer: Layer | str, unit: int, facts: CardFacts
 ) -> PendingCard | None:
-    """What the unit's card shows from its current views (None: nothing to show).
-
-    ``examples``: the top examples' crops when the caller just drew them; else they are cut
-    from the stored top sheet."""
-    arts = session.execute(
-        select(Artifact.kind, Artifact.variant, Artifact.storage_key).where(
-            Artifact.layer_id == layer.id,
-            Artifact.unit_index == unit,
-            Artifact.kind.in_(("featvis", "example_crop")),
-        )
-    ).all()
-    keys = {(k, v): key for k, v, key in arts}
-    fv_key = next((keys[("featvis", v)] for v in CHANNEL_VARIANTS if ("featvis", v) in keys), None)
-    if examples is None:
-        sheet = _image(store, keys.get(("example_crop", "top")))
-        examples = sheet_tiles(sheet, CELL, CARD_TILES) if sheet is not None else []
-    if fv_key is None and not examples:
+    """The unit's card (None: nothing to show: no feature visualization and no examples)."""
+    if facts.featvis_key is None and facts.examples_key is None:
         return None
-    row = session.execute(
-        select(Unit.label, Unit.label_source, Unit.label_confidence).where(
-            Unit.layer_id == layer.id, Unit.index == unit
-        )
-    ).first()
-    label = None
-    if row is not None and row[0]:
-        # An automatic label carries its fidelity, as on every page.
-        scored = row[1] == "auto" and row[2] is not None
-        label = f"{row[0]} (fidelity {row[2]:.2f})" if scored else row[0]
-    params = {"featvis": fv_key, "examples": keys.get(("example_crop", "top")), "label": label}
-    return PendingCard(
-        layer,
-        unit,
-        model.slug,
-        layer.name,
-        f"Unit {unit}",
-        f"{model.slug} · {layer.name}",
-        label,
-        _image(store, fv_key),
-        examples,
-        params,
-    )
+    model_slug = model if isinstance(model, str) else model.slug
+    layer_name = layer if isinstance(layer, str) else layer.name
+    return PendingCard(model_slug, layer_name, unit, facts, None)
 
 
-def record_card(session: Session, model: Model, card: PendingCard, stored: Stored) -> None:
-    """Replace the unit's previous card with the stored one (``card.draw``)."""
-    session.execute(
-        delete(Artifact).where(
-            Artifact.layer_id == card.layer.id,
-            Artifact.unit_index == card.unit,
-            Artifact.kind == "neuron_card",
-        )
-    )
-    record_artifacts(session, model=model, layer=card.layer, unit=card.unit, stored=[stored])
-
-
-def refresh_card(
-    session: Session,
-    store: ObjectStore,
-    model: Model,
-    layer: Layer,
-    unit: int,
-    *,
-    examples: list[Image.Image] | None = None,
+def refresh_cards(
+    session: Session, store: ObjectStore, model: Model, layer: Layer, units: Sequence[int]
 ) -> None:
-    """Render the unit's card from its current views and replace the previous card (see
-    ``prepare_card``)."""
-    card = prepare_card(session, store, model, layer, unit, examples=examples)
-    if card is not None:
-        record_card(session, model, card, card.draw(store))
+    """Render the units' cards from their current views and replace their previous cards."""
+    facts = card_facts(session, layer, units)
+    stored: dict[int | None, list[Stored]] = {}
+    for u in units:
+        card = pending_card(model, layer, u, facts.get(u, NO_FACTS))
+        if card is not None:
+            stored[u] = [card.draw(store)]
+    record_units(session, model=model, layer=layer, stored=stored, replace_kinds=CARD_KINDS)

@@ -21,7 +21,7 @@ from contracts.layout import Layout
 from workers.ml.featvis import render_units
 from workers.ml.images import webp_bytes
 from workers.tasks.artifacts import publish
-from workers.tasks.cards import refresh_card
+from workers.tasks.cards import refresh_cards
 from workers.tasks.facets import load_probe
 from workers.tasks.jobrun import Progress, Waiting, job_task, params_of
 from workers.tasks.runtime import cached_model, device, ready_model
@@ -110,8 +110,7 @@ def render(session: Session, job: Job, progress: Progress) -> str:
             )
     if objective in ("channel_top16", "channel") and probe is None:
         session.flush()
-        for r in results:
-            refresh_card(session, store, model, layer, r.unit)
+        refresh_cards(session, store, model, layer, [r.unit for r in results])
     return f"{len(results)} units of {layer.name} ({name})"
 
 
@@ -123,9 +122,7 @@ def bulk(session: Session, job: Job, progress: Progress) -> str:
     after = p.after
     if after and device() == "cpu":
         pending = session.scalars(
-            select(Job.kind).where(
-                Job.id.in_(after), Job.state.not_in(FINISHED_STATES)
-            )
+            select(Job.kind).where(Job.id.in_(after), Job.state.not_in(FINISHED_STATES))
         ).all()
         if pending:
             raise Waiting(f"renders wait on a CPU for the quicker views: {', '.join(pending)}")

@@ -9,10 +9,9 @@ publishes each unit's examples index, sheets, thumbnail and card.
 from __future__ import annotations
 
 import io
-from collections import deque
 from collections.abc import Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any
 
@@ -45,8 +44,8 @@ from workers.ml.sheets import (
     draw_units,
 )
 from workers.ml.sources import ShardSpan, make_loader, plan_shards
-from workers.tasks.artifacts import Stored, record_artifacts, store_artifact
-from workers.tasks.cards import PendingCard, prepare_card, record_card
+from workers.tasks.artifacts import Stored, record_units, store_artifact
+from workers.tasks.cards import CARD_KINDS, NO_FACTS, CardFacts, card_facts, pending_card
 from workers.tasks.jobrun import Progress, Waiting, job_task, params_of
 from workers.tasks.runtime import (
     DatasetImages,
@@ -208,25 +207,25 @@ def merge_saved(store: ObjectStore, keys: Iterable[str]) -> dict[str, LayerReduc
 
 @dataclass
 class _StoredUnit:
-    """A drawn unit whose bytes are stored: its rows to write, the tiles of its card."""
+    """A drawn unit whose bytes (sheets, thumbnail, examples index, card) are stored."""
 
     path: str
     unit: int
     stored: list[Stored]
-    card_tiles: list[PILImage.Image] | None
 
 
 def _store_unit(
     store: ObjectStore,
     model_slug: str,
     layer_names: dict[str, str],
+    facts: dict[str, dict[int, CardFacts]],
     params: dict[str, Any],
     path: str,
     u: int,
     index: DatasetExamples,
     drawn: dict[str, DrawnGroup],
 ) -> _StoredUnit:
-    """On a drawing thread: store a unit's sheets, thumbnail and examples index."""
+    """On a drawing thread: store a unit's sheets, thumbnail, examples index and card."""
     put = partial(
         store_artifact,
         store,
@@ -245,16 +244,25 @@ def _store_unit(
         if d.thumb is not None:
             meta = {"image_id": d.image_ids[0]}
             stored.append(put(kind="example_crop", variant="thumb", data=d.thumb, meta=meta))
-    index_json = put(
-        kind="dataset_examples",
-        variant="",
-        data=index.model_dump_json().encode(),
-        ext="json",
-        content_type="application/json",
-        meta={"stats": index.stats.model_dump()},
+    stored.append(
+        put(
+            kind="dataset_examples",
+            variant="",
+            data=index.model_dump_json().encode(),
+            ext="json",
+            content_type="application/json",
+            meta={"stats": index.stats.model_dump()},
+        )
     )
-    tiles = drawn["top"].card_tiles if "top" in drawn else None
-    return _StoredUnit(path, u, [*stored, index_json], tiles)
+    if "top" in drawn:
+        # The card shows the sheet just stored and the tiles just drawn.
+        top_key = next(s.key for s in stored if (s.kind, s.variant) == ("example_crop", "top"))
+        known = replace(facts[path].get(u, NO_FACTS), examples_key=top_key)
+        card = pending_card(model_slug, layer_names[path], u, known)
+        assert card is not None  # it has examples
+        card.examples = drawn["top"].card_tiles
+        stored.append(card.draw(store))
+    return _StoredUnit(path, u, stored)
 
 
 def mine(session: Session, job: Job, progress: Progress) -> str:
@@ -282,44 +290,47 @@ def mine(session: Session, job: Job, progress: Progress) -> str:
         # Only the rows of the images a render block shows.
         return DatasetImages.of(session, run.ds, ids=ids).batches(BATCH)
 
-    # Drawn and stored on threads (sheets, then cards); their rows written on this thread in
-    # unit order (the session is not shared).
+    # Drawn and stored on threads (sheets and cards); their rows written on this thread, a
+    # chunk of units per statement (the session is not shared).
     layers = {x.module_path: x for x in run.layers}
+    facts = {path: card_facts(session, layer) for path, layer in layers.items()}
     then = partial(
-        _store_unit, store, run.model.slug, {p: x.name for p, x in layers.items()}, run.params
+        _store_unit,
+        store,
+        run.model.slug,
+        {p: x.name for p, x in layers.items()},
+        facts,
+        run.params,
     )
     published = 0
-    cards: deque[tuple[PendingCard, Future[Stored]]] = deque()
+    pending: list[_StoredUnit] = []
+
+    def record() -> None:
+        for path in dict.fromkeys(d.path for d in pending):
+            stored: dict[int | None, list[Stored]] = {
+                d.unit: d.stored for d in pending if d.path == path
+            }
+            record_units(
+                session,
+                model=run.model,
+                layer=layers[path],
+                stored=stored,
+                replace_kinds=CARD_KINDS,
+            )
+        session.commit()
+        pending.clear()
+        progress(n + published, work, f"rendered {published}/{total_units} units")
+
     with ThreadPoolExecutor(max_workers=RENDER_THREADS) as pool:
         drawn_units = draw_units(
-            pool,
-            loaded.image_model,
-            run.layouts,
-            results,
-            decode,
-            loaded.preprocess,
-            then,
+            pool, loaded.image_model, run.layouts, results, decode, loaded.preprocess, then
         )
         for done in drawn_units:
-            layer = layers[done.path]
-            record_artifacts(
-                session, model=run.model, layer=layer, unit=done.unit, stored=done.stored
-            )
-            if done.card_tiles is not None:
-                card = prepare_card(
-                    session, store, run.model, layer, done.unit, examples=done.card_tiles
-                )
-                if card is not None:
-                    cards.append((card, pool.submit(card.draw, store)))
-            while cards and (cards[0][1].done() or len(cards) > RENDER_CHUNK):
-                card, stored = cards.popleft()
-                record_card(session, run.model, card, stored.result())
+            pending.append(done)
             published += 1
-            if published % 16 == 0:
-                session.commit()
-                progress(n + published, work, f"rendered {published}/{total_units} units")
-        for card, stored in cards:
-            record_card(session, run.model, card, stored.result())
+            if len(pending) == RENDER_CHUNK:
+                record()
+    record()
     return f"{n} images, {published} units across {len(run.layers)} layers"
 
 
