@@ -20,7 +20,7 @@ from workers.ml.receptive_field import (
     receptive_field,
     token_rf,
 )
-from workers.ml.render import VIRIDIS, colorize, crop_example, heatmap_overlay
+from workers.ml.render import VIRIDIS, colorize, crop_example, heatmap_tile
 
 NCHW = Layout("nchw")
 
@@ -184,20 +184,24 @@ def test_crop_rejects_empty_box_and_upscales_small_ones():
         crop_example(img, (0, 0, 40, 9))
 
 
-def test_heatmap_overlay_maps_low_and_high_to_the_lut_ends():
-    img = Image.new("RGB", (32, 32), (0, 0, 0))
+def test_heatmap_tile_maps_low_and_high_to_the_lut_ends():
+    black = Image.new("RGB", (32, 32), (0, 0, 0))
     unit_map = torch.zeros(4, 4)
     unit_map[3, 3] = 5.0
-    heat = heatmap_overlay(img, unit_map, alpha=1.0)
+    whole = (0, 0, 32, 32)
+    heat = heatmap_tile(black, unit_map, whole, (32, 32), alpha=1.0)
     arr = np.asarray(heat)
     assert heat.size == (32, 32)
-    np.testing.assert_array_equal(arr[0, 0], VIRIDIS[0])
-    np.testing.assert_array_equal(arr[31, 31], VIRIDIS[255])
-    half = np.asarray(heatmap_overlay(img, unit_map, alpha=0.5))
-    assert abs(int(half[31, 31, 1]) - int(VIRIDIS[255, 1]) // 2) <= 1
-    boxed = np.asarray(heatmap_overlay(img, unit_map, box=(4, 4, 12, 12), alpha=0.0))
-    assert tuple(boxed[4, 8]) == (255, 255, 255)  # the outline
-    assert tuple(boxed[8, 8]) == (0, 0, 0)  # inside it, the image
+    assert tuple(arr[0, 0]) == tuple(arr[31, 5]) == (255, 255, 255)  # the outline
+    np.testing.assert_array_equal(arr[1, 1], VIRIDIS[0])
+    np.testing.assert_array_equal(arr[30, 30], VIRIDIS[255])
+    half = np.asarray(heatmap_tile(black, unit_map, whole, (32, 32), alpha=0.5))
+    assert abs(int(half[30, 30, 1]) - int(VIRIDIS[255, 1]) // 2) <= 1
+    # A box's tile, at another size, samples the map where the whole view's heatmap would.
+    box = (16, 8, 32, 24)  # the view's lower middle: rows 16-31, columns 8-23
+    full = np.asarray(heatmap_tile(black, unit_map, whole, (32, 32), alpha=1.0))
+    part = np.asarray(heatmap_tile(Image.new("RGB", (16, 16)), unit_map, box, (32, 32), 1.0))
+    np.testing.assert_array_equal(part[1:-1, 1:-1], full[17:31, 9:23])
 
 
 def test_webp_bytes_round_trip():

@@ -68,23 +68,31 @@ def colorize(values: Image.Image) -> Image.Image:
     return idx.convert("RGB")
 
 
-def heatmap_overlay(
-    img: Image.Image, unit_map: torch.Tensor, box: Box | None = None, alpha: float = 0.5
+def heatmap_tile(
+    tile: Image.Image,
+    unit_map: torch.Tensor,
+    box: Box,
+    view_size: tuple[int, int],
+    alpha: float = 0.5,
 ) -> Image.Image:
-    """The unit's map (H, W) upsampled onto the image in viridis, blended; box outlined."""
+    """The unit's map (H, W) over the box of the model-view image (``view_size``: its width and
+    height) in viridis, blended onto ``tile`` (the box's crop, at its display size), outlined.
+
+    Drawn at the tile's size and only over the box: the map region is resampled straight to
+    the tile (the same samples as upsampling the whole map to the view, then cropping), so no
+    whole-view heatmap is coloured and blended per example. The colours span the map's range
+    over the whole image."""
     if unit_map.dim() != 2:
         raise ValueError(f"expected an (H, W) unit map, got shape {tuple(unit_map.shape)}")
     m = unit_map.detach().to("cpu", torch.float32).numpy()  # (H, W)
     lo, hi = float(m.min()), float(m.max())
     norm = (m - lo) / (hi - lo) if hi > lo else np.zeros_like(m)  # (H, W) in [0, 1]
-    # Pillow's bilinear resize of a float image: one C call, no torch thread pool to wake for
-    # a 224 x 224 map (thousands of these run per layer).
+    top, left, bottom, right = box
+    sx, sy = m.shape[1] / view_size[0], m.shape[0] / view_size[1]  # map cells per view pixel
+    # Pillow's bilinear resize of a float image: one C call (thousands run per layer).
     up = Image.fromarray(norm.astype(np.float32)).resize(
-        (img.width, img.height), Image.Resampling.BILINEAR
+        tile.size, Image.Resampling.BILINEAR, box=(left * sx, top * sy, right * sx, bottom * sy)
     )
-    heat = colorize(up)  # (S, S) RGB
-    out = Image.blend(img.convert("RGB"), heat, alpha)
-    if box is not None:
-        top, left, bottom, right = box
-        ImageDraw.Draw(out).rectangle((left, top, right - 1, bottom - 1), outline=(255, 255, 255))
+    out = Image.blend(tile.convert("RGB"), colorize(up), alpha)
+    ImageDraw.Draw(out).rectangle((0, 0, out.width - 1, out.height - 1), outline=(255, 255, 255))
     return out

@@ -9,7 +9,6 @@ receptive-field boxes fall on the pixels the model saw.
 
 from __future__ import annotations
 
-import os
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Executor
@@ -28,15 +27,18 @@ from workers.ml.layer_result import LayerResult
 from workers.ml.models import PreprocessConfig
 from workers.ml.preprocess import model_view
 from workers.ml.receptive_field import RF, receptive_field
-from workers.ml.render import crop_example, heatmap_overlay
+from workers.ml.render import crop_example, heatmap_tile
 
 SHOWN = 16  # examples drawn on each sheet
 COLS = 4  # sheets are COLS tiles wide
 CELL = 112  # px per tile on a sheet
 THUMB = 96  # px of the grid thumbnail (the best example's crop)
 CARD_TILES = 6  # top examples a neuron card shows
-# Units drawn at once on threads (benchmarks/mining_render.py); chunks bound the memory held.
-RENDER_THREADS = min(8, os.cpu_count() or 1)
+# One drawing thread beside the task's own: drawing is many short Pillow calls that each
+# release and retake the GIL, and two drawing threads convoy on it. Publishing 424 units of
+# 1,000 mined images took 9.9 s with two threads and 6.2 s with one (2 cores; the puts on
+# their own I/O threads, workers/tasks/artifacts.py WriteBehind). Chunks bound the memory held.
+RENDER_THREADS = 1
 RENDER_CHUNK = 64
 # A render block's bounds: the images whose views and unit maps it holds, and its units (with
 # 2,048 images the render added 157 MB to the peak RSS of mining 100k images at 64 px).
@@ -177,9 +179,11 @@ def render_unit(
             view = views[e.image_id]
             crops.append(crop_example(view, e.box))
             umap = unit_maps[(path, unit, e.image_id)]
-            # Negative examples: highlight where the unit is most negative.
-            heat = heatmap_overlay(view, umap if group == "top" else -umap, e.box)
-            heats.append(crop_example(heat, e.box))
+            # Negative examples: highlight where the unit is most negative. Drawn at the
+            # crop's size (at most the view's), then fitted to the cell like the crop.
+            heats.append(
+                heatmap_tile(crops[-1], umap if group == "top" else -umap, e.box, view.size)
+            )
         top = group == "top"
         out[group] = DrawnGroup(
             crops=jpeg_bytes(sheet(crops)),

@@ -44,7 +44,7 @@ from workers.ml.sheets import (
     draw_units,
 )
 from workers.ml.sources import ShardSpan, make_loader, plan_shards
-from workers.tasks.artifacts import Stored, record_units, store_artifact
+from workers.tasks.artifacts import Stored, WriteBehind, record_units, store_artifact
 from workers.tasks.cards import CARD_KINDS, NO_FACTS, CardFacts, card_facts, pending_card
 from workers.tasks.jobrun import Progress, Waiting, job_task, params_of
 from workers.tasks.runtime import (
@@ -294,9 +294,10 @@ def mine(session: Session, job: Job, progress: Progress) -> str:
     # chunk of units per statement (the session is not shared).
     layers = {x.module_path: x for x in run.layers}
     facts = {path: card_facts(session, layer) for path, layer in layers.items()}
+    writes = WriteBehind(store)
     then = partial(
         _store_unit,
-        store,
+        writes,
         run.model.slug,
         {p: x.name for p, x in layers.items()},
         facts,
@@ -306,6 +307,7 @@ def mine(session: Session, job: Job, progress: Progress) -> str:
     pending: list[_StoredUnit] = []
 
     def record() -> None:
+        writes.drain()  # the bytes first: readers never see a row without them
         for path in dict.fromkeys(d.path for d in pending):
             stored: dict[int | None, list[Stored]] = {
                 d.unit: d.stored for d in pending if d.path == path
@@ -321,16 +323,19 @@ def mine(session: Session, job: Job, progress: Progress) -> str:
         pending.clear()
         progress(n + published, work, f"rendered {published}/{total_units} units")
 
-    with ThreadPoolExecutor(max_workers=RENDER_THREADS) as pool:
-        drawn_units = draw_units(
-            pool, loaded.image_model, run.layouts, results, decode, loaded.preprocess, then
-        )
-        for done in drawn_units:
-            pending.append(done)
-            published += 1
-            if len(pending) == RENDER_CHUNK:
-                record()
-    record()
+    try:
+        with ThreadPoolExecutor(max_workers=RENDER_THREADS) as pool:
+            drawn_units = draw_units(
+                pool, loaded.image_model, run.layouts, results, decode, loaded.preprocess, then
+            )
+            for done in drawn_units:
+                pending.append(done)
+                published += 1
+                if len(pending) == RENDER_CHUNK:
+                    record()
+        record()
+    finally:
+        writes.close()
     return f"{n} images, {published} units across {len(run.layers)} layers"
 
 
