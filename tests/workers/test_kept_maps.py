@@ -25,8 +25,16 @@ def data() -> tuple[torch.Tensor, torch.Tensor]:
     return full, ids
 
 
-def feed(full: torch.Tensor, ids: torch.Tensor, rows: range, step: int) -> LayerReducer:
+def feed(
+    full: torch.Tensor,
+    ids: torch.Tensor,
+    rows: range,
+    step: int,
+    fold: tuple[int, int] | None = None,
+) -> LayerReducer:
     red = LayerReducer(k=K, sketch_size=8, maps=M)
+    if fold is not None:
+        red.fold_images, red.fold_map_bytes = fold
     for i in range(rows.start, rows.stop, step):
         j = min(i + step, rows.stop)
         red.update(full[i:j], ids[i:j])
@@ -40,9 +48,11 @@ def brute_force(full: torch.Tensor, ids: torch.Tensor, unit: int, negative: bool
     return sorted(range(N), key=lambda r: (float(score[r]), int(ids[r])))[:M]
 
 
-def test_kept_maps_are_the_maps_of_the_best_examples(data) -> None:
+# Folded once at the end, every 10 images, and at every batch (its maps over the byte bound).
+@pytest.mark.parametrize("fold", [None, (10, 2**20), (256, 1)])
+def test_kept_maps_are_the_maps_of_the_best_examples(data, fold) -> None:
     full, ids = data
-    res = feed(full, ids, range(N), 7).finalize()
+    res = feed(full, ids, range(N), 7, fold).finalize()
     assert res.top_maps is not None and res.neg_maps is not None
     assert res.top_maps.shape == res.neg_maps.shape == (U, M, H, W)
     for u in range(U):

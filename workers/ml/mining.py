@@ -160,6 +160,10 @@ class LayerReducer:
     # state this many images at a time: the fold's cost (sorting k + N keys and R + N sketch
     # entries per unit) then falls on few large batches instead of every small one.
     fold_images = 256
+    # With kept maps, the pending batches' unit maps wait for the fold too (choosing the kept
+    # ones per batch cost a fifth of the shard jobs' time); a fold comes sooner once they hold
+    # this many bytes, so big layers stay bounded.
+    fold_map_bytes = 32 * 2**20
 
     def __init__(self, k: int = 64, sketch_size: int = 1024, maps: int = 0) -> None:
         """``maps``: per unit, keep the unit maps of this many best (and most negative)
@@ -171,8 +175,7 @@ class LayerReducer:
         self.k = k
         self.sketch_size = sketch_size
         self.maps = maps
-        # Folded at every update, not pending: a pending batch would hold its whole maps.
-        self.kept: KeptMaps | None = None
+        self._kept: KeptMaps | None = None
         # Created by the first update, on the activations' device.
         self._state: ReducerState | None = None
         # Not yet folded: per batch (max, argmax, min, argmin (N, U) each, ids (N,)), of maps
@@ -180,6 +183,19 @@ class LayerReducer:
         self._pending: list[tuple[torch.Tensor, ...]] = []
         self._pending_grid = (0, 0)
         self._pending_images = 0
+        self._pending_maps: list[torch.Tensor] = []  # (N, U, H, W) per batch, with maps kept
+        self._pending_map_bytes = 0
+
+    @property
+    def kept(self) -> KeptMaps | None:
+        """The kept maps of everything seen so far (pending batches folded in)."""
+        self._fold()
+        return self._kept
+
+    @kept.setter
+    def kept(self, value: KeptMaps | None) -> None:
+        self._fold()
+        self._kept = value
 
     @property
     def state(self) -> ReducerState | None:
@@ -218,13 +234,16 @@ class LayerReducer:
                 f"layer shape changed: {shape[1]} units on {shape[0]} "
                 f"vs {maps.shape[1]} units on {grid}"
             )
-        mx, amx, mn, amn = _max_argmax(maps)
-        if self.maps:
-            self.kept = keep_batch(self.kept, maps, mx, mn, ids, self.maps)
-        self._pending.append((mx, amx, mn, amn, ids))
+        self._pending.append((*_max_argmax(maps), ids))
         self._pending_grid = grid
         self._pending_images += int(ids.shape[0])
-        if self._pending_images >= self.fold_images:
+        if self.maps:
+            self._pending_maps.append(maps.detach())
+            self._pending_map_bytes += maps.numel() * maps.element_size()
+        if (
+            self._pending_images >= self.fold_images
+            or self._pending_map_bytes >= self.fold_map_bytes
+        ):
             self._fold()
 
     def _fold(self) -> None:
@@ -232,6 +251,11 @@ class LayerReducer:
             return
         mx, amx, mn, amn, ids = (torch.cat(t) for t in zip(*self._pending, strict=True))
         self._pending, self._pending_images = [], 0
+        if self._pending_maps:
+            maps = torch.cat(self._pending_maps)  # (N, U, H, W)
+            self._pending_maps, self._pending_map_bytes = [], 0
+            self._kept = keep_batch(self._kept, maps, mx, mn, ids, self.maps)
+            del maps
         batch = _batch_state(self._pending_grid, mx, amx, mn, amn, ids)
         self._state = _combine(self._state, batch, self.k, self.sketch_size)
 
@@ -320,16 +344,17 @@ class LayerReducer:
         self, st: ReducerState, negative: bool
     ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """The kept maps, rows aligned with the first examples of the top-k (and negative)."""
-        if self.kept is None:
+        kept = self.kept
+        if kept is None:
             return None, None
-        m = self.kept.top_keys.shape[1]
-        for name, kept, keys in (
-            ("top", self.kept.top_keys, st.top_keys),
-            ("negative", self.kept.neg_keys, st.neg_keys),
+        m = kept.top_keys.shape[1]
+        for name, got, keys in (
+            ("top", kept.top_keys, st.top_keys),
+            ("negative", kept.neg_keys, st.neg_keys),
         ):
-            if not torch.equal(kept, keys[:, :m]):
+            if not torch.equal(got, keys[:, :m]):
                 raise RuntimeError(f"kept maps out of step with the {name} examples")
-        return self.kept.top_maps, self.kept.neg_maps if negative else None
+        return kept.top_maps, kept.neg_maps if negative else None
 
 
 def _top(keys: torch.Tensor, pos: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -465,7 +490,7 @@ class Miner:
                 outputs = run_to(model, x, list(self.layers))
             for path, layout in self.layers.items():
                 self.reducers[path].update(to_unit_maps(outputs[path], layout), ids)
-            del outputs  # drop the activations before the next batch is loaded
+            del outputs  # drop the activations (but kept maps pending their fold)
 
     def run(
         self,
