@@ -3,10 +3,11 @@
 After the top-k is known, mining draws every unit's receptive-field crops and heatmaps (top
 and negative, 16 each) and encodes the sheets: on a CPU-only machine, and on a GPU worker whose
 forward passes are quick, this is most of a mining job. Baseline: one unit after another with
-the colour map looked up in numpy (the code before). Ours: the product's ``render_unit`` on a
-thread pool of ``RENDER_THREADS`` (Pillow and numpy release the GIL) with Pillow's palette
-lookup. Both draw the same units from the same mined results of the default model on the demo
-photos; publishing (store and database) is left out of both. Ends with one JSON line.
+the colour map looked up in numpy (the code before). Ours: the product's ``render_unit`` on
+``RENDER_THREADS`` drawing threads (one: several convoy on the GIL, workers/ml/sheets.py)
+with Pillow's palette lookup, heatmaps drawn over each crop only. Both draw the same units
+from the same mined results of the default model on the demo photos; publishing (store and
+database) is left out of both. Ends with one JSON line.
 
     .venv/bin/python benchmarks/mining_render.py [--units 256]
 """

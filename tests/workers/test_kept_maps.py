@@ -34,7 +34,7 @@ def feed(
 ) -> LayerReducer:
     red = LayerReducer(k=K, sketch_size=8, maps=M)
     if fold is not None:
-        red.fold_images, red.fold_map_bytes = fold
+        red.fold_images, red.fold_bytes = fold
     for i in range(rows.start, rows.stop, step):
         j = min(i + step, rows.stop)
         red.update(full[i:j], ids[i:j])

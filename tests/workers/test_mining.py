@@ -67,8 +67,12 @@ def maps(data) -> dict[str, list[torch.Tensor]]:
     return out
 
 
-def feed(layer_maps: list[torch.Tensor], ids: torch.Tensor, k: int = K) -> LayerReducer:
+def feed(
+    layer_maps: list[torch.Tensor], ids: torch.Tensor, k: int = K, fold: int | None = None
+) -> LayerReducer:
     red = LayerReducer(k=k, sketch_size=R)
+    if fold is not None:  # folded at every batch: later batches skip positions that cannot enter
+        red.fold_images = fold
     for m, (_, b_ids) in zip(layer_maps, batches(torch.empty(len(ids)), ids), strict=True):
         red.update(m, b_ids)
     return red
@@ -123,10 +127,11 @@ def test_keys_order_by_score_then_smaller_id():
     assert torch.equal(dec_scores, scores + 0.0)
 
 
+@pytest.mark.parametrize("fold", [None, 1])
 @pytest.mark.parametrize("layer", list(LAYERS))
-def test_top_k_equals_brute_force(data, maps, layer):
+def test_top_k_equals_brute_force(data, maps, layer, fold):
     _, _, ids = data
-    res = feed(maps[layer], ids).finalize()
+    res = feed(maps[layer], ids, fold=fold).finalize()
     expected = brute_force(torch.cat(maps[layer]), ids, K)
     got = as_rows(res.top_ids, res.top_scores, res.top_y, res.top_x)
     assert got == expected
@@ -142,9 +147,10 @@ def test_ties_are_broken_by_smaller_id(data, maps):
     assert bool((top_ids[:, 1:][tied] > top_ids[:, :-1][tied]).all())
 
 
-def test_negatives_equal_brute_force_and_only_for_signed_layers(data, maps):
+@pytest.mark.parametrize("fold", [None, 1])
+def test_negatives_equal_brute_force_and_only_for_signed_layers(data, maps, fold):
     _, _, ids = data
-    res = feed(maps["0"], ids).finalize()
+    res = feed(maps["0"], ids, fold=fold).finalize()
     assert res.neg_ids is not None
     expected = brute_force(torch.cat(maps["0"]), ids, K, negative=True)
     assert as_rows(res.neg_ids, res.neg_scores, res.neg_y, res.neg_x) == expected
@@ -152,7 +158,8 @@ def test_negatives_equal_brute_force_and_only_for_signed_layers(data, maps):
     assert feed(maps["1"], ids).finalize().neg_ids is None  # after ReLU: never negative
 
 
-def test_channels_last_and_token_layouts_match_nchw(data, maps):
+@pytest.mark.parametrize("fold", [None, 1])
+def test_channels_last_and_token_layouts_match_nchw(data, maps, fold):
     _, _, ids = data
     ref = feed(maps["0"], ids).finalize()
     nhwc = [to_unit_maps(m.permute(0, 2, 3, 1).contiguous(), Layout("nhwc")) for m in maps["0"]]
@@ -163,7 +170,7 @@ def test_channels_last_and_token_layouts_match_nchw(data, maps):
     ]
     nlc = [to_unit_maps(t, Layout("nlc", prefix_tokens=1)) for t in tokens]
     for layer_maps in (nhwc, nlc):
-        res = feed(layer_maps, ids).finalize()
+        res = feed(layer_maps, ids, fold=fold).finalize()
         assert torch.equal(res.top_ids, ref.top_ids)
         assert torch.equal(res.top_y, ref.top_y)
         assert torch.equal(res.top_x, ref.top_x)
@@ -379,3 +386,20 @@ def test_miner_on_timm_model_matches_full_forward():
         expected = brute_force(torch.cat(full), ids, 3)
         res = reducers[path].finalize()
         assert as_rows(res.top_ids, res.top_scores, res.top_y, res.top_x) == expected
+
+
+def test_a_later_tie_with_a_smaller_id_enters_with_its_own_position():
+    # k = 1, folded at every batch: after the first image the floor is its max (5.0); the
+    # second ties it, wins on its smaller id, and must carry the position of its own max.
+    red = LayerReducer(k=1, sketch_size=4)
+    red.fold_images = 1
+    first, second = torch.zeros(1, 1, 2, 2), torch.zeros(1, 1, 2, 2)
+    first[0, 0, 0, 0] = 5.0
+    second[0, 0, 1, 1] = 5.0
+    second[0, 0, 0, 1] = -2.0  # and the most negative
+    red.update(first, torch.tensor([9]))
+    red.update(second, torch.tensor([3]))
+    res = red.finalize()
+    assert (int(res.top_ids[0, 0]), int(res.top_y[0, 0]), int(res.top_x[0, 0])) == (3, 1, 1)
+    assert res.neg_ids is not None and res.neg_y is not None and res.neg_x is not None
+    assert (int(res.neg_ids[0, 0]), int(res.neg_y[0, 0]), int(res.neg_x[0, 0])) == (3, 0, 1)

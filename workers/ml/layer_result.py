@@ -1,5 +1,6 @@
 """The finalized dataset examples of one layer (``LayerReducer.finalize`` in
-``workers/ml/mining.py``), and each unit's artifact cut from them."""
+``workers/ml/mining.py``), each unit's artifact cut from them, and the strata and histogram
+finalizing computes from a reducer's sketch."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from dataclasses import dataclass
 import torch
 
 from contracts.artifacts import DatasetExamples, Example, Histogram, Stratum, UnitStats
+from workers.ml.keys import make_keys
 
 
 @dataclass
@@ -100,3 +102,52 @@ class LayerResult:
                 max=float(self.max[index]),
             ),
         )
+
+
+# Finalizing a reducer's sketch (LayerReducer.finalize): quantile strata and histograms.
+
+
+def sorted_sketch(scores: torch.Tensor, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sketch entries per unit in ascending score order (ties: larger id first)."""
+    keys = make_keys(scores, ids[None, :])  # (U, R)
+    order = torch.argsort(keys, dim=1)  # ascending key = ascending score; unique keys
+    return torch.gather(scores, 1, order), ids[order]  # (U, R) each
+
+
+def strata(
+    scores: torch.Tensor, ids: torch.Tensor, n_strata: int, per_stratum: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Split each unit's sketch into equal-count quantile strata and pick evenly spaced images."""
+    u, r = scores.shape
+    s_sorted, i_sorted = sorted_sketch(scores, ids)  # (U, R)
+    # Slot indices into the sorted sketch are the same for every unit (same R), so build
+    # them once in Python (n_strata x per_stratum numbers) and gather for all units at once.
+    slots = torch.full((n_strata, per_stratum), -1, dtype=torch.int64)
+    bounds = [(s * r) // n_strata for s in range(n_strata + 1)]
+    for s in range(n_strata):
+        lo, hi = bounds[s], bounds[s + 1]
+        take = min(per_stratum, hi - lo)
+        for j in range(take):
+            slots[s, j] = lo + (j * (hi - lo)) // take
+    slots = slots.to(scores.device).reshape(-1)  # (S * P,)
+    valid = slots >= 0
+    safe = slots.clamp_min(0)
+    out_ids = torch.where(valid, i_sorted[:, safe], -1).reshape(u, n_strata, per_stratum)
+    nan = torch.tensor(float("nan"), device=scores.device)
+    out_scores = torch.where(valid, s_sorted[:, safe], nan).reshape(u, n_strata, per_stratum)
+    # Edge s is the score at the stratum's first slot; the last edge is the sketch max.
+    edge_idx = torch.tensor([min(b, r - 1) for b in bounds], device=scores.device)
+    edges = s_sorted[:, edge_idx]  # (U, S + 1)
+    return out_ids, out_scores, edges
+
+
+def histogram(scores: torch.Tensor, bins: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Counts of sketch scores in ``bins`` uniform bins over each unit's [min, max]."""
+    lo = scores.amin(dim=1)  # (U,)
+    hi = scores.amax(dim=1)  # (U,)
+    width = (hi - lo).clamp_min(torch.finfo(torch.float32).tiny)  # (U,)
+    idx = ((scores - lo[:, None]) / width[:, None] * bins).floor().to(torch.int64)  # (U, R)
+    idx = idx.clamp(0, bins - 1)  # the max lands in the last bin
+    counts = torch.zeros(scores.shape[0], bins, dtype=torch.int64, device=scores.device)
+    counts.scatter_add_(1, idx, torch.ones_like(idx))
+    return counts, lo, hi

@@ -22,13 +22,20 @@ from contracts.layout import Layout
 from workers.ml.hooks import run_to, to_unit_maps
 from workers.ml.kept_maps import KeptMaps, keep_batch, merge_kept
 from workers.ml.keys import MAX_IMAGE_ID, decode_keys, make_keys, splitmix64
-from workers.ml.layer_result import LayerResult
+from workers.ml.layer_result import LayerResult, histogram, strata
 
 STATE_VERSION = 2  # 2: the kept maps (version 1 states load without them)
 
 
-def _max_argmax(maps: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """Per image and unit: max, flat argmax, min, flat argmin over positions, each (N, U)."""
+def _max_argmax(
+    maps: torch.Tensor, floor: torch.Tensor | None = None, ceiling: torch.Tensor | None = None
+) -> tuple[torch.Tensor, ...]:
+    """Per image and unit: max, flat argmax, min, flat argmin over positions, each (N, U).
+
+    ``floor`` (U,): the argmax is only needed where the max reaches it (elsewhere it is 0);
+    ``ceiling`` (U,): the argmin only where the min reaches down to it. Positions with indices
+    cost 5x the values alone, and after the first images few maxima can still enter a top-k.
+    """
     n, u, h, w = maps.shape
     if maps.stride(1) == 1 and u > 1:
         # Channels-last storage (nhwc layers, token grids): reduce over positions without a copy.
@@ -37,9 +44,23 @@ def _max_argmax(maps: torch.Tensor) -> tuple[torch.Tensor, ...]:
     else:
         flat = maps.reshape(n, u, h * w)  # (N, U, HW)
         dim = 2
-    mx, amx = flat.max(dim=dim)  # (N, U)
-    mn, amn = flat.min(dim=dim)  # (N, U)
+    if floor is None or ceiling is None:
+        mx, amx = flat.max(dim=dim)  # (N, U)
+        mn, amn = flat.min(dim=dim)  # (N, U)
+        return mx, amx, mn, amn
+    mx, mn = flat.amax(dim=dim), flat.amin(dim=dim)  # (N, U)
+    amx = _positions(flat, dim, mx.float() >= floor, largest=True)
+    amn = _positions(flat, dim, mn.float() <= ceiling, largest=False)
     return mx, amx, mn, amn
+
+
+def _positions(flat: torch.Tensor, dim: int, wanted: torch.Tensor, largest: bool) -> torch.Tensor:
+    """Flat argmax (or argmin) over positions (``dim`` of ``flat``) where ``wanted`` (N, U)."""
+    n_idx, u_idx = wanted.nonzero(as_tuple=True)  # (C,) each
+    rows = flat[n_idx, :, u_idx] if dim == 1 else flat[n_idx, u_idx]  # (C, HW)
+    pos = torch.zeros(wanted.shape, dtype=torch.int64, device=flat.device)  # (N, U)
+    pos[n_idx, u_idx] = rows.argmax(dim=1) if largest else rows.argmin(dim=1)
+    return pos
 
 
 @dataclass
@@ -158,12 +179,13 @@ class LayerReducer:
 
     # Batches are reduced to per-image max/min first and folded into the top-k and sketch
     # state this many images at a time: the fold's cost (sorting k + N keys and R + N sketch
-    # entries per unit) then falls on few large batches instead of every small one.
-    fold_images = 256
-    # With kept maps, the pending batches' unit maps wait for the fold too (choosing the kept
-    # ones per batch cost a fifth of the shard jobs' time); a fold comes sooner once they hold
-    # this many bytes, so big layers stay bounded.
-    fold_map_bytes = 32 * 2**20
+    # entries per unit) then falls on few large batches instead of every small one (1,024
+    # images: the reducer's time per batch 0.8x that of 256, benchmarks/mining_scale.py's
+    # layers). With kept maps, the pending batches' unit maps wait for the fold too (choosing
+    # the kept ones per batch cost a fifth of the shard jobs' time). A fold comes sooner once
+    # what waits (maps and per-image values) holds ``fold_bytes``: big layers stay bounded.
+    fold_images = 1024
+    fold_bytes = 32 * 2**20
 
     def __init__(self, k: int = 64, sketch_size: int = 1024, maps: int = 0) -> None:
         """``maps``: per unit, keep the unit maps of this many best (and most negative)
@@ -184,7 +206,10 @@ class LayerReducer:
         self._pending_grid = (0, 0)
         self._pending_images = 0
         self._pending_maps: list[torch.Tensor] = []  # (N, U, H, W) per batch, with maps kept
-        self._pending_map_bytes = 0
+        self._pending_bytes = 0
+        # The k-th best max and k-th most negative min so far (U,) each, once k images are in:
+        # images below them cannot enter, so their argmax and argmin are not computed.
+        self._bounds: tuple[torch.Tensor | None, torch.Tensor | None] = (None, None)
 
     @property
     def kept(self) -> KeptMaps | None:
@@ -207,6 +232,7 @@ class LayerReducer:
     def state(self, value: ReducerState | None) -> None:
         self._fold()
         self._state = value
+        self._bounds = _bounds(value, self.k)
 
     @property
     def count(self) -> int:
@@ -234,30 +260,30 @@ class LayerReducer:
                 f"layer shape changed: {shape[1]} units on {shape[0]} "
                 f"vs {maps.shape[1]} units on {grid}"
             )
-        self._pending.append((*_max_argmax(maps), ids))
+        pending = (*_max_argmax(maps, *self._bounds), ids)
+        self._pending.append(pending)
         self._pending_grid = grid
         self._pending_images += int(ids.shape[0])
+        self._pending_bytes += sum(t.numel() * t.element_size() for t in pending)
         if self.maps:
             self._pending_maps.append(maps.detach())
-            self._pending_map_bytes += maps.numel() * maps.element_size()
-        if (
-            self._pending_images >= self.fold_images
-            or self._pending_map_bytes >= self.fold_map_bytes
-        ):
+            self._pending_bytes += maps.numel() * maps.element_size()
+        if self._pending_images >= self.fold_images or self._pending_bytes >= self.fold_bytes:
             self._fold()
 
     def _fold(self) -> None:
         if not self._pending:
             return
         mx, amx, mn, amn, ids = (torch.cat(t) for t in zip(*self._pending, strict=True))
-        self._pending, self._pending_images = [], 0
+        self._pending, self._pending_images, self._pending_bytes = [], 0, 0
         if self._pending_maps:
             maps = torch.cat(self._pending_maps)  # (N, U, H, W)
-            self._pending_maps, self._pending_map_bytes = [], 0
+            self._pending_maps = []
             self._kept = keep_batch(self._kept, maps, mx, mn, ids, self.maps)
             del maps
         batch = _batch_state(self._pending_grid, mx, amx, mn, amn, ids)
         self._state = _combine(self._state, batch, self.k, self.sketch_size)
+        self._bounds = _bounds(self._state, self.k)
 
     def merge(self, other: LayerReducer) -> LayerReducer:
         """A new reducer equal to one that saw both inputs in a single pass."""
@@ -307,10 +333,10 @@ class LayerReducer:
             neg_scores, neg_ids = decode_keys(st.neg_keys)
             neg = (neg_ids, -neg_scores, st.neg_pos // w, st.neg_pos % w)
         top_maps, neg_maps = self._kept_maps(st, neg is not None)
-        strata_ids, strata_scores, edges = _strata(
+        strata_ids, strata_scores, edges = strata(
             st.sketch_scores, st.sketch_ids, n_strata, per_stratum
         )
-        counts, lo, hi = _histogram(st.sketch_scores, bins)
+        counts, lo, hi = histogram(st.sketch_scores, bins)
         n = float(st.count)
         mean = st.sum / n
         var = (st.sumsq / n - mean * mean).clamp_min(0.0)
@@ -357,6 +383,16 @@ class LayerReducer:
         return kept.top_maps, kept.neg_maps if negative else None
 
 
+def _bounds(st: ReducerState | None, k: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """The scores an image must reach to enter the top-k (max >= floor) or the negative k
+    (min <= ceiling), per unit; None until k images are in. Ties reach: the id decides."""
+    if st is None or st.top_keys.shape[1] < k:
+        return None, None
+    floor, _ = decode_keys(st.top_keys[:, -1])  # (U,)
+    neg, _ = decode_keys(st.neg_keys[:, -1])  # (U,) minus the k-th most negative min
+    return floor, -neg
+
+
 def _top(keys: torch.Tensor, pos: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The k largest keys per row (sorted, best first) with their positions."""
     # keys, pos (U, M); keys are unique per row, so the result is exact and deterministic.
@@ -373,52 +409,6 @@ def _bottom_hash(
     rr = min(r, hashes.shape[0])
     h, idx = torch.topk(hashes, rr, largest=False, sorted=True)  # (rr,)
     return h, ids[idx], scores[:, idx]
-
-
-def _sorted_sketch(scores: torch.Tensor, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sketch entries per unit in ascending score order (ties: larger id first)."""
-    keys = make_keys(scores, ids[None, :])  # (U, R)
-    order = torch.argsort(keys, dim=1)  # ascending key = ascending score; unique keys
-    return torch.gather(scores, 1, order), ids[order]  # (U, R) each
-
-
-def _strata(
-    scores: torch.Tensor, ids: torch.Tensor, n_strata: int, per_stratum: int
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Split each unit's sketch into equal-count quantile strata and pick evenly spaced images."""
-    u, r = scores.shape
-    s_sorted, i_sorted = _sorted_sketch(scores, ids)  # (U, R)
-    # Slot indices into the sorted sketch are the same for every unit (same R), so build
-    # them once in Python (n_strata x per_stratum numbers) and gather for all units at once.
-    slots = torch.full((n_strata, per_stratum), -1, dtype=torch.int64)
-    bounds = [(s * r) // n_strata for s in range(n_strata + 1)]
-    for s in range(n_strata):
-        lo, hi = bounds[s], bounds[s + 1]
-        take = min(per_stratum, hi - lo)
-        for j in range(take):
-            slots[s, j] = lo + (j * (hi - lo)) // take
-    slots = slots.to(scores.device).reshape(-1)  # (S * P,)
-    valid = slots >= 0
-    safe = slots.clamp_min(0)
-    out_ids = torch.where(valid, i_sorted[:, safe], -1).reshape(u, n_strata, per_stratum)
-    nan = torch.tensor(float("nan"), device=scores.device)
-    out_scores = torch.where(valid, s_sorted[:, safe], nan).reshape(u, n_strata, per_stratum)
-    # Edge s is the score at the stratum's first slot; the last edge is the sketch max.
-    edge_idx = torch.tensor([min(b, r - 1) for b in bounds], device=scores.device)
-    edges = s_sorted[:, edge_idx]  # (U, S + 1)
-    return out_ids, out_scores, edges
-
-
-def _histogram(scores: torch.Tensor, bins: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Counts of sketch scores in ``bins`` uniform bins over each unit's [min, max]."""
-    lo = scores.amin(dim=1)  # (U,)
-    hi = scores.amax(dim=1)  # (U,)
-    width = (hi - lo).clamp_min(torch.finfo(torch.float32).tiny)  # (U,)
-    idx = ((scores - lo[:, None]) / width[:, None] * bins).floor().to(torch.int64)  # (U, R)
-    idx = idx.clamp(0, bins - 1)  # the max lands in the last bin
-    counts = torch.zeros(scores.shape[0], bins, dtype=torch.int64, device=scores.device)
-    counts.scatter_add_(1, idx, torch.ones_like(idx))
-    return counts, lo, hi
 
 
 def merge_reducers(reducers: Sequence[LayerReducer]) -> LayerReducer:
