@@ -180,3 +180,37 @@ def test_a_rerun_writes_nothing_new(settings, mined) -> None:
     assert store.list() == before_keys
     with session_scope(url) as s:
         assert s.scalar(select(func.count(Artifact.id))) == before_rows
+
+
+def test_another_shard_size_mines_its_own_spans(settings, mined, monkeypatch, request) -> None:
+    # States saved for shards of 5 must not stand in for shards of 7 (another span each).
+    model_id, ds_id, job_id = mined
+    if "tars" in request.node.callspec.id:
+        pytest.skip("tar shards are one shard per tar whatever the size")
+    url = settings.database_url
+    monkeypatch.setattr("workers.tasks.mining.SHARD_SIZE", 7)
+    with session_scope(url) as s:
+        s.execute(update(Job).where(Job.id == job_id).values(state="queued"))
+        before = set(s.scalars(select(Job.id).where(Job.kind == "mine_shard")))
+    with pytest.raises(Waiting):
+        run_job(job_id, mine)
+    with session_scope(url) as s:
+        new = set(s.scalars(select(Job.id).where(Job.kind == "mine_shard"))) - before
+    assert len(new) == 2  # 14 images: [0, 7) and [7, 14)
+    for j in new:
+        assert run_job(j, mine_shard) == "succeeded"
+    assert run_job(job_id, mine) == "succeeded"
+    with session_scope(url) as s:
+        layer = s.scalar(select(Layer).where(Layer.model_id == model_id, Layer.name == "blocks.2"))
+        key = s.scalar(
+            select(Artifact.storage_key).where(
+                Artifact.layer_id == layer.id,
+                Artifact.unit_index == 0,
+                Artifact.kind == "dataset_examples",
+            )
+        )
+    data = json.loads(make_store(settings).get(key))
+    ids, scores, _ = brute_force(url, ds_id, "blocks.2")
+    expect = sorted(range(len(ids)), key=lambda i: (-float(scores[i, 0]), ids[i]))[:K]
+    assert [e["image_id"] for e in data["top"]] == [ids[i] for i in expect]
+    assert data["stats"]["count"] == len(ids)
