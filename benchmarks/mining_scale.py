@@ -52,10 +52,20 @@ def rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
 
 
+def children_rss_mb() -> float:
+    """Peak RSS of the largest child that has exited (the render's forked drawing processes;
+    they share the parent's pages until written, so this overstates what they add)."""
+    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024.0
+
+
 def cpu_s() -> float:
-    """CPU seconds of this process (all its threads; loader workers are children)."""
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_utime + r.ru_stime
+    """CPU seconds of this process (all its threads) and of its children that have exited
+    (loader workers, the render's drawing processes)."""
+    own, kids = (
+        resource.getrusage(resource.RUSAGE_SELF),
+        resource.getrusage(resource.RUSAGE_CHILDREN),
+    )
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
 # --------------------------------------------------------------------------- the dataset
@@ -222,6 +232,7 @@ def child_pipeline(dataset_id: int, model_id: int) -> dict:
         "rss_start_mb": rss0,
         "rss_after_shards_mb": rss_shards,
         "peak_rss_mb": rss_mb(),
+        "peak_rss_children_mb": children_rss_mb(),
     }
 
 
@@ -468,6 +479,8 @@ def main() -> None:
         "rss_after_shards_mb_small": round(r_small["pipeline"]["rss_after_shards_mb"], 1),
         "rss_after_shards_mb_large": round(r_large["pipeline"]["rss_after_shards_mb"], 1),
         "rss_ratio": round(rss_ratio, 3),
+        "peak_rss_children_mb_small": round(r_small["pipeline"]["peak_rss_children_mb"], 1),
+        "peak_rss_children_mb_large": round(r_large["pipeline"]["peak_rss_children_mb"], 1),
         "pipeline_img_s_small": round(r_small["pipeline"]["img_s"], 1),
         "pipeline_img_s_large": round(r_large["pipeline"]["img_s"], 1),
         "shard_img_s_large": round(r_large["pipeline"]["shard_img_s"], 1),

@@ -9,12 +9,15 @@ receptive-field boxes fall on the pixels the model saw.
 
 from __future__ import annotations
 
+import multiprocessing
+import os
+import signal
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from functools import partial
-from typing import TypeVar
+from typing import TypeVar, cast
 
 import torch
 from PIL import Image
@@ -34,11 +37,14 @@ COLS = 4  # sheets are COLS tiles wide
 CELL = 112  # px per tile on a sheet
 THUMB = 96  # px of the grid thumbnail (the best example's crop)
 CARD_TILES = 6  # top examples a neuron card shows
-# One drawing thread beside the task's own: drawing is many short Pillow calls that each
-# release and retake the GIL, and two drawing threads convoy on it. Publishing 424 units of
-# 1,000 mined images took 9.9 s with two threads and 6.2 s with one (2 cores; the puts on
-# their own I/O threads, workers/tasks/artifacts.py WriteBehind). Chunks bound the memory held.
+# Drawing is many short Pillow calls that each release and retake the GIL: threads convoy on
+# it. Where the machine allows, units are drawn in forked processes, one per core
+# (``draw_units``); else on one thread beside the task's own. Publishing 424 units of 1,000
+# mined images (2 cores): two threads 9.9 s, one thread 6.2 s (the puts on their own I/O
+# threads, workers/tasks/artifacts.py WriteBehind), two processes 4.2 s. Chunks bound the
+# memory held.
 RENDER_THREADS = 1
+RENDER_PROCESSES = os.cpu_count() or 1
 RENDER_CHUNK = 64
 # A render block's bounds: the images whose views and unit maps it holds, and its units (with
 # 2,048 images the render added 157 MB to the peak RSS of mining 100k images at 64 px).
@@ -201,6 +207,34 @@ Decode = Callable[[list[int]], Iterable[tuple[Sequence[int], Sequence[Image.Imag
 Then = Callable[[str, int, DatasetExamples, dict[str, "DrawnGroup"]], T]
 
 
+# The block being drawn, set before the drawing processes fork: they inherit it (views, maps,
+# results, the caller's ``then``) instead of receiving it pickled.
+_BLOCK: Callable[[tuple[str, int]], object] | None = None
+
+
+def _draw_inherited(unit: tuple[str, int]) -> object:
+    assert _BLOCK is not None
+    return _BLOCK(unit)
+
+
+def _drawing_process() -> None:
+    """A forked drawing process: one torch thread (an OpenMP pool does not survive a fork)
+    and default signals (not the worker's handlers)."""
+    torch.set_num_threads(1)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def drawing_processes() -> int:
+    """How many processes ``draw_units`` may fork: none inside a daemonic process (a Celery
+    prefork child may not have children) or where fork is missing, or on one core."""
+    if multiprocessing.current_process().daemon:
+        return 0
+    if "fork" not in multiprocessing.get_all_start_methods():
+        return 0
+    return RENDER_PROCESSES if RENDER_PROCESSES > 1 else 0
+
+
 def draw_units(
     pool: Executor,
     model: nn.Module,
@@ -209,12 +243,15 @@ def draw_units(
     decode: Decode,
     cfg: PreprocessConfig,
     then: Then[T],
+    processes: int = 0,
 ) -> Iterator[T]:
     """``then``'s result for every unit, in order, a block (``render_blocks``) at a time: the
     block's shown images are decoded (``decode``: their ids -> batches of (ids, images)),
     then its units are drawn from them and their kept maps (``results`` must keep them), and
-    passed to ``then``, on ``pool``'s threads (Pillow and numpy release the GIL) a chunk at a
-    time. ``model`` only gives the layers' receptive fields."""
+    passed to ``then``, on ``pool``'s threads a chunk at a time, or with ``processes`` > 1 in
+    that many processes forked per block (``then`` then runs there: it must not use this
+    process's threads, sessions or clients, and what it returns is pickled back). ``model``
+    only gives the layers' receptive fields."""
     size = cfg.input_size
     fields: dict[str, RF] = {}
     for block in render_blocks(results):
@@ -225,8 +262,27 @@ def draw_units(
         unit_maps = kept_unit_maps(results, block)
         views = example_views(decode(sorted(shown_images(results, block))), cfg)
         draw = partial(_draw, results, views, unit_maps, fields, size, then)
+        if processes > 1:
+            yield from _in_processes(draw, block, processes)
+            continue
         for first in range(0, len(block), RENDER_CHUNK):
             yield from pool.map(draw, block[first : first + RENDER_CHUNK])
+
+
+def _in_processes(
+    draw: Callable[[tuple[str, int]], T], block: list[tuple[str, int]], processes: int
+) -> Iterator[T]:
+    """``draw`` of every unit of ``block``, in order, in processes forked for the block."""
+    global _BLOCK
+    _BLOCK = draw
+    try:
+        ctx = multiprocessing.get_context("fork")
+        with ctx.Pool(min(processes, len(block)), initializer=_drawing_process) as procs:
+            yield from cast(Iterator[T], procs.imap(_draw_inherited, block, chunksize=4))
+            procs.close()
+            procs.join()
+    finally:
+        _BLOCK = None
 
 
 def _draw(

@@ -9,7 +9,8 @@ publishes each unit's examples index, sheets, thumbnail and card.
 from __future__ import annotations
 
 import io
-from collections.abc import Iterable, Iterator
+import os
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from functools import partial
@@ -42,6 +43,7 @@ from workers.ml.sheets import (
     SHOWN,
     DrawnGroup,
     draw_units,
+    drawing_processes,
 )
 from workers.ml.sources import ShardSpan, make_loader, plan_shards
 from workers.tasks.artifacts import Stored, WriteBehind, record_units, store_artifact
@@ -223,8 +225,21 @@ class _StoredUnit:
     stored: list[Stored]
 
 
+# A drawing process's own store (``_own_store``), by process id.
+_STORES: dict[int, ObjectStore] = {}
+
+
+def _own_store() -> ObjectStore:
+    """This process's store: a forked drawing process makes its own, as an S3 client's
+    connections are not to be shared across a fork."""
+    pid = os.getpid()
+    if pid not in _STORES:
+        _STORES[pid] = make_store(get_settings())
+    return _STORES[pid]
+
+
 def _store_unit(
-    store: ObjectStore,
+    store_of: Callable[[], ObjectStore],
     model_slug: str,
     layer_names: dict[str, str],
     facts: dict[str, dict[int, CardFacts]],
@@ -234,7 +249,8 @@ def _store_unit(
     index: DatasetExamples,
     drawn: dict[str, DrawnGroup],
 ) -> _StoredUnit:
-    """On a drawing thread: store a unit's sheets, thumbnail, examples index and card."""
+    """Where a unit is drawn: store its sheets, thumbnail, examples index and card."""
+    store = store_of()
     put = partial(
         store_artifact,
         store,
@@ -303,10 +319,13 @@ def mine(session: Session, job: Job, progress: Progress) -> str:
     # chunk of units per statement (the session is not shared).
     layers = {x.module_path: x for x in run.layers}
     facts = {path: card_facts(session, layer) for path, layer in layers.items()}
+    # Drawn in forked processes where the machine allows (their puts their own), else on a
+    # thread with the puts on I/O threads (WriteBehind).
+    processes = drawing_processes()
     writes = WriteBehind(store)
     then = partial(
         _store_unit,
-        writes,
+        _own_store if processes else lambda: writes,
         run.model.slug,
         {p: x.name for p, x in layers.items()},
         facts,
@@ -335,7 +354,14 @@ def mine(session: Session, job: Job, progress: Progress) -> str:
     try:
         with ThreadPoolExecutor(max_workers=RENDER_THREADS) as pool:
             drawn_units = draw_units(
-                pool, loaded.image_model, run.layouts, results, decode, loaded.preprocess, then
+                pool,
+                loaded.image_model,
+                run.layouts,
+                results,
+                decode,
+                loaded.preprocess,
+                then,
+                processes,
             )
             for done in drawn_units:
                 pending.append(done)
