@@ -82,10 +82,10 @@ def test_browse_to_a_unit_and_share_its_permalink(server, browser, catalog, shot
     page.wait_for_url("**/models/tiny/blocks.1")
     assert page.locator(".unit-cell").count() == 40
     assert page.locator(".unit-cell img").count() == 3  # thumbnails where featvis exists
-    loaded = page.evaluate(
+    # Lazy thumbnails load after the page's load event: wait until every one has loaded.
+    page.wait_for_function(
         "[...document.querySelectorAll('.unit-cell img')].every(i => i.naturalWidth > 0)"
     )
-    assert loaded
     shot(page, "layer")
 
     page.click(".unit-cell a[href='/models/tiny/blocks.1/2']")

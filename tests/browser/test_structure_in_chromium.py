@@ -22,7 +22,10 @@ def test_walk_a_circuit_and_back(server, browser, planted, shot) -> None:
     inputs = page.locator(".circuit-side[data-side=inputs]")
     assert "not joined by one weight" in inputs.locator(".circuit-how").inner_text()
     thumb = inputs.locator(".circuit-links.pos li").first.locator("img")
-    assert page.evaluate("i => i.complete && i.naturalWidth", thumb.element_handle()) == 96
+    # The thumbnail loads lazily, after the page's load event: wait for it (it failed once
+    # under load), then check it is the 96-px thumbnail.
+    page.wait_for_function("i => i.complete && i.naturalWidth > 0", arg=thumb.element_handle())
+    assert page.evaluate("i => i.naturalWidth", thumb.element_handle()) == 96
     shot(page, "unit-circuit")
     inputs.locator(".circuit-links.pos a").first.click()
     page.wait_for_url("**/models/gnet/conv1/3?view=weights")
