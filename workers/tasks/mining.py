@@ -315,12 +315,12 @@ def mine(session: Session, job: Job, progress: Progress) -> str:
         # Only the rows of the images a render block shows.
         return DatasetImages.of(session, run.ds, ids=ids).batches(BATCH)
 
-    # Drawn and stored on threads (sheets and cards); their rows written on this thread, a
-    # chunk of units per statement (the session is not shared).
+    # Sheets and cards are drawn and stored in forked processes where the machine allows
+    # (each with its own store), else on a thread with the puts on I/O threads (WriteBehind);
+    # their rows are written on this thread, a chunk of units per statement (the session is
+    # not shared).
     layers = {x.module_path: x for x in run.layers}
     facts = {path: card_facts(session, layer) for path, layer in layers.items()}
-    # Drawn in forked processes where the machine allows (their puts their own), else on a
-    # thread with the puts on I/O threads (WriteBehind).
     processes = drawing_processes()
     writes = WriteBehind(store)
     then = partial(
