@@ -135,7 +135,8 @@ def link_prefix(src: Path, dst: Path, n: int, tars: bool) -> None:
 
 
 def small_input(size: int) -> None:
-    """Every model the worker loads gets input size ``size`` (the benchmark's only patch)."""
+    """Every model the worker loads gets input size ``size`` (the benchmark's patch of the
+    product; ``--render-processes`` is the other)."""
     import workers.tasks.runtime as runtime
     from workers.ml.models import load_model
 
@@ -372,6 +373,8 @@ def measure(base: Path, folder: Path, n: int, args: argparse.Namespace) -> dict:
     }
     if args.workers is not None:
         env["MICROSCOPE_LOADER_WORKERS"] = str(args.workers)
+    if args.render_processes is not None:
+        env["BENCH_RENDER_PROCESSES"] = str(args.render_processes)
     common = ["--spec", args.spec, "--size", str(args.size)]
     t0 = time.perf_counter()
     setup = run_child(["setup", "--folder", str(folder), *common], env)
@@ -420,6 +423,13 @@ def main() -> None:
         help="DataLoader workers of the shard jobs and the baseline alike (default: the "
         "product's LOADER_WORKERS default)",
     )
+    ap.add_argument(
+        "--render-processes",
+        type=int,
+        default=None,
+        help="drawing processes of the render (1: one drawing thread instead; default: the "
+        "product's, one per core)",
+    )
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--n", type=int, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--folder", default=None, help=argparse.SUPPRESS)
@@ -435,6 +445,10 @@ def main() -> None:
         if args.child == "setup":
             out = child_setup(Path(args.folder), args.spec)
         elif args.child == "pipeline":
+            if os.environ.get("BENCH_RENDER_PROCESSES"):
+                import workers.ml.sheets as sheets
+
+                sheets.RENDER_PROCESSES = int(os.environ["BENCH_RENDER_PROCESSES"])
             out = child_pipeline(*args.ids)
         elif args.child == "merge":
             out = child_merge(args.n, args.spec, args.size)
@@ -472,6 +486,7 @@ def main() -> None:
         "input_size": args.size,
         "image_px": args.image_px,
         "tars": args.tars,
+        "render_processes": args.render_processes,
         "small": args.small,
         "large": args.large,
         "peak_rss_mb_small": round(r_small["pipeline"]["peak_rss_mb"], 1),

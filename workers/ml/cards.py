@@ -96,7 +96,7 @@ def draw_card(
     for i, ex in enumerate(examples[:6]):
         x = x0 + (i % 3) * (tile + gap)
         y = 240 + (i // 3) * (tile + gap)
-        # Example crops are enlarged as on their sheets: hard-edged (and 5x quicker than
-        # bicubic, which was half of drawing a card).
+        # Example crops are enlarged as on their sheets: hard-edged (and quicker than bicubic,
+        # which was most of drawing a card).
         card.paste(fit(ex.convert("RGB"), tile), (x, y))
     return card

@@ -39,10 +39,11 @@ THUMB = 96  # px of the grid thumbnail (the best example's crop)
 CARD_TILES = 6  # top examples a neuron card shows
 # Drawing is many short Pillow calls that each release and retake the GIL: threads convoy on
 # it. Where the machine allows, units are drawn in forked processes, one per core
-# (``draw_units``); else on one thread beside the task's own. Publishing 424 units of 1,000
-# mined images (2 cores): two threads 9.9 s, one thread 6.2 s (the puts on their own I/O
-# threads, workers/tasks/artifacts.py WriteBehind), two processes 4.2 s. Chunks bound the
-# memory held.
+# (``draw_units``); else on one thread beside the task's own (two threads were slower than
+# one), with the puts on I/O threads (workers/tasks/artifacts.py WriteBehind). Merging and
+# publishing 424 units of 1,000 mined images on 2 cores: one thread 7.3 s, two processes
+# 5.0 s (``benchmarks/mining_scale.py --small 1000 --large 2000 --render-processes 1``, then
+# without the flag). Chunks bound the memory held.
 RENDER_THREADS = 1
 RENDER_PROCESSES = os.cpu_count() or 1
 RENDER_CHUNK = 64

@@ -119,14 +119,17 @@ class PendingCard:
 
 
 def pending_card(
-    model: Model | str, layer: Layer | str, unit: int, facts: CardFacts
+    model_slug: str,
+    layer_name: str,
+    unit: int,
+    facts: CardFacts,
+    examples: list[Image.Image] | None = None,
 ) -> PendingCard | None:
-    """The unit's card (None: nothing to show: no feature visualization and no examples)."""
+    """The unit's card (None: nothing to show: no feature visualization and no examples).
+    ``examples``: the top examples' crops when the caller just drew them."""
     if facts.featvis_key is None and facts.examples_key is None:
         return None
-    model_slug = model if isinstance(model, str) else model.slug
-    layer_name = layer if isinstance(layer, str) else layer.name
-    return PendingCard(model_slug, layer_name, unit, facts, None)
+    return PendingCard(model_slug, layer_name, unit, facts, examples)
 
 
 def refresh_cards(
@@ -136,7 +139,7 @@ def refresh_cards(
     facts = card_facts(session, layer, units)
     stored: dict[int | None, list[Stored]] = {}
     for u in units:
-        card = pending_card(model, layer, u, facts.get(u, NO_FACTS))
+        card = pending_card(model.slug, layer.name, u, facts.get(u, NO_FACTS))
         if card is not None:
             stored[u] = [card.draw(store)]
     record_units(session, model=model, layer=layer, stored=stored, replace_kinds=CARD_KINDS)

@@ -283,9 +283,8 @@ def _store_unit(
         # The card shows the sheet just stored and the tiles just drawn.
         top_key = next(s.key for s in stored if (s.kind, s.variant) == ("example_crop", "top"))
         known = replace(facts[path].get(u, NO_FACTS), examples_key=top_key)
-        card = pending_card(model_slug, layer_names[path], u, known)
+        card = pending_card(model_slug, layer_names[path], u, known, drawn["top"].card_tiles)
         assert card is not None  # it has examples
-        card.examples = drawn["top"].card_tiles
         stored.append(card.draw(store))
     return _StoredUnit(path, u, stored)
 
