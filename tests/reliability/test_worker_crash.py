@@ -35,7 +35,7 @@ SPEC = "timm:test_efficientnet"  # random init (seeded): tiny and offline
 LAYERS = ("blocks.1", "blocks.2")  # two of the default layers layer discovery registers
 IMAGES = 32
 FEATVIS_UNITS = 4
-STEPS = 24  # optimisation steps per render (512 by default)
+STEPS = 48  # optimisation steps per render (512 by default): long enough for every kill to land
 MINING, FEATVIS = ("mine_examples", "mine_shard"), ("featvis",)
 KILLS = {MINING: 6, FEATVIS: 6}  # 12 in all, the first featvis one of the whole worker
 
